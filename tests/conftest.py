@@ -1,0 +1,35 @@
+"""Shared fixtures: a small synthetic dataset and a quickly trained artifact (session-scoped)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.config import TrainConfig
+from training.dataset import InteractionData, load_dataset
+from training.export import export_artifact
+from training.synthetic import SyntheticSpec, write_synthetic_dataset
+from training.trainer import train
+
+SMALL_SPEC = SyntheticSpec(n_users=240, n_items=150, latent_dim=8, mean_clicks=16, modalities=(("image", 12), ("text", 8)))
+TINY_CONFIG = dict(epochs=8, hidden_dim=64, svd_rank=16, batch_size=64, lr=1e-3, patience=8, threads=1)
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset in the MMRec layout (240 users, 150 items, 2 modalities)."""
+    return write_synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic", SMALL_SPEC)
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(synthetic_dir: Path) -> InteractionData:
+    return load_dataset(synthetic_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(synthetic_data: InteractionData, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An artifact trained for a few epochs on the synthetic dataset (read-only for tests: copy to modify)."""
+    cfg = TrainConfig(**TINY_CONFIG)
+    result = train(synthetic_data, cfg, progress=False)
+    return export_artifact(result, synthetic_data, cfg, tmp_path_factory.mktemp("artifacts") / "tiny")
