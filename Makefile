@@ -25,6 +25,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/ld4mrec-serve --artifact $(ARTIFACT) --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.installed
+	bash scripts/ci-system-deps.sh
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed
