@@ -1,0 +1,205 @@
+"""The loaded model: artifact + LD4MRec, id maps, stored signals, and batched scoring with top-k.
+
+Everything here is synchronous; :meth:`Engine.score` runs in the batcher's single worker thread. Shapes:
+``n`` items, ``width`` signal dims, ``B`` users in a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from model.artifact import Artifact, build_model, read_artifact
+from model.ld4mrec import HistoryBatch, LD4MRec
+from model.ranking import mask_items, top_k
+
+__all__ = ["Engine", "ScoredItems", "ScoringRequest"]
+
+log = logging.getLogger(__name__)
+
+_EMPTY = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class ScoringRequest:
+    """One user's row of a batched forward pass (internal ids).
+
+    Attributes:
+        user_index: internal user id, -1 for a user the model never saw (cold start).
+        history: (h,) int64 unique item ids of the current history.
+        signals: (width,) float32 condition signals of ``history``; ``None`` = fold them in.
+        k: how many items to return, at most.
+        exclude: (e,) int64 item ids never to return (e.g. the history).
+        candidates: (c,) int64 item ids; when given, only these may be returned.
+    """
+
+    user_index: int
+    history: np.ndarray
+    signals: np.ndarray | None
+    k: int
+    exclude: np.ndarray = field(default_factory=lambda: _EMPTY)
+    candidates: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class ScoredItems:
+    """The answer for one :class:`ScoringRequest`.
+
+    Attributes:
+        items: (<= k,) int64 item ids, best first; only eligible items (fewer than k if fewer qualify).
+        scores: (<= k,) float32 their scores.
+        folded_signals: (width,) float32 signals computed by fold-in for this request, else ``None``.
+    """
+
+    items: np.ndarray
+    scores: np.ndarray
+    folded_signals: np.ndarray | None
+
+
+class Engine:
+    """An artifact loaded for serving: the model on ``device`` plus the id maps built once at load."""
+
+    def __init__(self, art: Artifact, model: LD4MRec, device: torch.device) -> None:
+        self.artifact = art
+        self.model = model
+        self.device = device
+        self.model_version = art.model_version
+        self.dataset = art.dataset
+        self.n_items = art.n_items
+        self.signal_width = int(art.signals.shape[1])
+        self._user_index = {uid: i for i, uid in enumerate(art.user_ids)}
+        self._item_index = {iid: i for i, iid in enumerate(art.item_ids)}
+        self._item_ids = art.item_ids
+        self._indptr = art.train_histories.indptr
+        self._indices = art.train_histories.indices.astype(np.int64)
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device) -> Engine:
+        """Read and verify the artifact (raises ``ArtifactError`` naming the file) and build the model."""
+        art = read_artifact(path)
+        model = build_model(art, device)
+        log.info(
+            "loaded model %s (dataset %s, %d users, %d items) on %s",
+            art.model_version,
+            art.dataset,
+            art.n_users,
+            art.n_items,
+            device,
+        )
+        return cls(art, model, device)
+
+    # -- id maps ---------------------------------------------------------------------------------------------
+    def user_index(self, user_id: str) -> int:
+        """Internal id of an external user id; -1 when the model never saw the user."""
+        return self._user_index.get(user_id, -1)
+
+    def item_indices(self, item_ids: Iterable[str]) -> tuple[np.ndarray, list[str]]:
+        """Internal ids (unique, sorted) of the known external item ids, and the unknown ones in order."""
+        index = self._item_index
+        known: list[int] = []
+        unknown: list[str] = []
+        for item_id in item_ids:
+            i = index.get(item_id)
+            if i is None:
+                unknown.append(item_id)
+            else:
+                known.append(i)
+        return np.unique(np.asarray(known, dtype=np.int64)), list(dict.fromkeys(unknown))
+
+    def item_ids_of(self, indices: np.ndarray) -> list[str]:
+        """External ids of internal item ids (a short array, e.g. a top-k)."""
+        ids = self._item_ids
+        return [ids[i] for i in indices.tolist()]
+
+    def artifact_history(self, user_index: int) -> np.ndarray:
+        """(h,) int64 training history of a known user."""
+        return self._indices[self._indptr[user_index] : self._indptr[user_index + 1]]
+
+    def artifact_history_ids(self, user_index: int) -> list[str]:
+        """External item ids of a known user's training history."""
+        return self.item_ids_of(self.artifact_history(user_index))
+
+    def stored_signals(self, user_index: int) -> np.ndarray:
+        """(width,) float32 signals the trainer stored for a known user's training history."""
+        return self.artifact.signals[user_index]
+
+    def decode_signals(self, raw: bytes | None) -> np.ndarray | None:
+        """Signals from a fold-in cache entry; ``None`` when absent or not of this model's width."""
+        if raw is None or len(raw) != self.signal_width * 4:
+            return None
+        return np.frombuffer(raw, dtype=np.float32)
+
+    # -- scoring ---------------------------------------------------------------------------------------------
+    def fold_in(self, histories: Sequence[np.ndarray]) -> np.ndarray:
+        """(B, width) float32 signals of B histories of internal item ids."""
+        lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        indices = np.concatenate(histories) if histories else _EMPTY
+        data = np.ones(indices.shape[0], dtype=np.float32)
+        csr = sp.csr_matrix((data, indices, indptr), shape=(len(histories), self.n_items))
+        return self.model.fold_in(csr)
+
+    def score(self, requests: Sequence[ScoringRequest]) -> list[ScoredItems]:
+        """One forward pass for all requests, then per-request masks and top-k (worker thread)."""
+        size = len(requests)
+        device = self.device
+        signals = np.empty((size, self.signal_width), dtype=np.float32)
+        fold_rows = [i for i, r in enumerate(requests) if r.signals is None]
+        for i, r in enumerate(requests):
+            if r.signals is not None:
+                signals[i] = r.signals
+        if fold_rows:
+            signals[fold_rows] = self.fold_in([requests[i].history for i in fold_rows])
+
+        lengths = np.fromiter((len(r.history) for r in requests), dtype=np.int64, count=size)
+        batch = HistoryBatch(
+            item_ids=torch.from_numpy(np.concatenate([r.history for r in requests])).to(device),
+            offsets=torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)).to(
+                device
+            ),
+            user_index=torch.tensor([r.user_index for r in requests], dtype=torch.int64, device=device),
+            signals=torch.from_numpy(signals).to(device),
+        )
+        with torch.inference_mode():
+            scores = self.model.score(batch)
+            self._mask(scores, requests)
+            values, ids = top_k(scores, max(r.k for r in requests))
+            values_np, ids_np = values.cpu().numpy(), ids.cpu().numpy()
+
+        results = []
+        folded = set(fold_rows)
+        for i, r in enumerate(requests):
+            row_values = values_np[i, : r.k]
+            keep = np.isfinite(row_values)
+            results.append(
+                ScoredItems(
+                    items=ids_np[i, : r.k][keep].astype(np.int64),
+                    scores=row_values[keep],
+                    folded_signals=signals[i].copy() if i in folded else None,
+                )
+            )
+        return results
+
+    def _mask(self, scores: torch.Tensor, requests: Sequence[ScoringRequest]) -> None:
+        """Set excluded items, and items outside a request's candidates, to -inf in ``scores`` (B, n)."""
+        device = scores.device
+        counts = [len(r.exclude) for r in requests]
+        if sum(counts):
+            rows = np.repeat(np.arange(len(requests)), counts)
+            items = np.concatenate([r.exclude for r in requests])
+            mask_items(scores, torch.from_numpy(rows).to(device), torch.from_numpy(items).to(device))
+        restricted = [i for i, r in enumerate(requests) if r.candidates is not None]
+        if restricted:
+            cand = [requests[i].candidates for i in restricted]
+            rows = np.repeat(np.arange(len(restricted)), [len(c) for c in cand if c is not None])
+            items = np.concatenate([c for c in cand if c is not None])
+            allowed = torch.zeros((len(restricted), scores.shape[1]), dtype=torch.bool, device=device)
+            allowed[torch.from_numpy(rows).to(device), torch.from_numpy(items).to(device)] = True
+            index = torch.tensor(restricted, dtype=torch.int64, device=device)
+            scores[index] = scores[index].masked_fill(~allowed, float("-inf"))

@@ -1,0 +1,339 @@
+"""Online user histories: a small :class:`HistoryStore` protocol, an in-process store and a Redis store.
+
+A user's *current* history is the artifact's training history until the first write; the first write
+seeds the store with that history plus the new items (atomically). Stored items are **external item id
+strings**, oldest first, without duplicates, at most ``max_len`` (the oldest are dropped beyond it), so
+a stored history survives a model reload with another catalogue. Every change bumps the user's
+``version``; a fold-in cache entry is kept next to the history and is valid only for the
+``(model_version, version)`` it was computed for.
+
+Redis layout (one hash per user, ``<prefix>user:<user_id>``): ``items`` (JSON list of item ids),
+``version`` (int), ``foldin_key`` (``"<model_version>:<version>"``), ``foldin`` (float32 signals, raw
+bytes). Writes are Lua scripts, so concurrent writers from several replicas never lose an item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from service.metrics import ServiceMetrics
+
+__all__ = [
+    "AppendResult",
+    "HistoryStore",
+    "InMemoryHistoryStore",
+    "RedisHistoryStore",
+    "StoreUnavailableError",
+    "StoredHistory",
+    "foldin_key",
+]
+
+T = TypeVar("T")
+
+SeedFn = Callable[[], Sequence[str]]
+"""Returns the artifact history (external item ids) that seeds a user's first stored history."""
+
+
+class StoreUnavailableError(RuntimeError):
+    """The history store could not be reached; ``operation`` names the failed call."""
+
+    def __init__(self, operation: str, reason: str) -> None:
+        super().__init__(f"history store unavailable during {operation}: {reason}")
+        self.operation = operation
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class StoredHistory:
+    """A user's stored history: external item ids (oldest first), its version, a cached fold-in if valid."""
+
+    item_ids: tuple[str, ...]
+    version: int
+    foldin: bytes | None = None
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    """Outcome of a write: the new version, how many items were new, the history length, user created."""
+
+    version: int
+    added: int
+    length: int
+    created: bool
+
+
+def foldin_key(model_version: str, version: int) -> str:
+    """The key a cached fold-in is valid for."""
+    return f"{model_version}:{version}"
+
+
+class HistoryStore(Protocol):
+    """Where the online histories live. Every method may raise :class:`StoreUnavailableError`."""
+
+    backend: str  # "memory" or "redis"; also the ``history_source`` of answers built from it
+
+    async def get(self, user_id: str, model_version: str) -> StoredHistory | None:
+        """The user's stored history (``None`` when the user has none), with the fold-in if cached."""
+        ...
+
+    async def get_many(self, user_ids: Sequence[str], model_version: str) -> list[StoredHistory | None]:
+        """:meth:`get` for several users in one round trip."""
+        ...
+
+    async def append(
+        self, user_id: str, item_ids: Sequence[str], seed: SeedFn | None, max_len: int
+    ) -> AppendResult:
+        """Add ``item_ids`` (those not already present, in order); the first write seeds with ``seed()``."""
+        ...
+
+    async def put_foldin(self, user_id: str, version: int, model_version: str, signals: bytes) -> None:
+        """Cache a fold-in for history ``version``; ignored when the history has moved on."""
+        ...
+
+    async def ping(self) -> bool:
+        """True when the store answers."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def _unique_in_order(ids: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(ids))
+
+
+# -- in-process ----------------------------------------------------------------------------------------------
+@dataclass
+class _Entry:
+    items: dict[str, None]  # insertion-ordered set of external item ids
+    version: int = 0
+    foldin_key: str | None = None
+    foldin: bytes | None = field(default=None, repr=False)
+
+
+class InMemoryHistoryStore:
+    """Histories in this process's memory (the embedded default; lost on restart, not shared by replicas).
+
+    Every method runs without an ``await`` between read and write, so it is atomic on the event loop.
+    """
+
+    backend = "memory"
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _Entry] = {}
+
+    def _snapshot(self, entry: _Entry | None, model_version: str) -> StoredHistory | None:
+        if entry is None:
+            return None
+        valid = entry.foldin_key == foldin_key(model_version, entry.version)
+        return StoredHistory(tuple(entry.items), entry.version, entry.foldin if valid else None)
+
+    async def get(self, user_id: str, model_version: str) -> StoredHistory | None:
+        return self._snapshot(self._entries.get(user_id), model_version)
+
+    async def get_many(self, user_ids: Sequence[str], model_version: str) -> list[StoredHistory | None]:
+        return [self._snapshot(self._entries.get(u), model_version) for u in user_ids]
+
+    async def append(
+        self, user_id: str, item_ids: Sequence[str], seed: SeedFn | None, max_len: int
+    ) -> AppendResult:
+        entry = self._entries.get(user_id)
+        created = entry is None
+        if entry is None:
+            entry = _Entry(items=dict.fromkeys(seed() if seed is not None else ()))
+        before = len(entry.items)
+        entry.items.update(dict.fromkeys(item_ids))
+        added = len(entry.items) - before
+        if added == 0 and not created:
+            return AppendResult(entry.version, 0, len(entry.items), False)
+        if len(entry.items) > max_len:
+            entry.items = dict.fromkeys(list(entry.items)[-max_len:])
+        entry.version += 1
+        entry.foldin_key = entry.foldin = None
+        self._entries[user_id] = entry
+        return AppendResult(entry.version, added, len(entry.items), created)
+
+    async def put_foldin(self, user_id: str, version: int, model_version: str, signals: bytes) -> None:
+        entry = self._entries.get(user_id)
+        if entry is not None and entry.version == version:
+            entry.foldin_key, entry.foldin = foldin_key(model_version, version), signals
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
+# -- Redis ---------------------------------------------------------------------------------------------------
+_APPEND_LUA = """
+local raw = redis.call('HGET', KEYS[1], 'items')
+local items, version, created
+if raw then
+  items = cjson.decode(raw)
+  version = tonumber(redis.call('HGET', KEYS[1], 'version')) or 0
+  created = 0
+else
+  if ARGV[3] ~= '1' then return {-1, 0, 0, 0} end
+  items = cjson.decode(ARGV[4])
+  version = 0
+  created = 1
+end
+local seen = {}
+for _, id in ipairs(items) do seen[id] = true end
+local added = 0
+for _, id in ipairs(cjson.decode(ARGV[1])) do
+  if not seen[id] then
+    seen[id] = true
+    items[#items + 1] = id
+    added = added + 1
+  end
+end
+if added == 0 and created == 0 then return {version, 0, #items, 0} end
+local max_len = tonumber(ARGV[2])
+if #items > max_len then
+  local kept = {}
+  for i = #items - max_len + 1, #items do kept[#kept + 1] = items[i] end
+  items = kept
+end
+version = version + 1
+redis.call('HSET', KEYS[1], 'items', cjson.encode(items), 'version', version)
+redis.call('HDEL', KEYS[1], 'foldin_key', 'foldin')
+return {version, added, #items, created}
+"""
+
+_PUT_FOLDIN_LUA = """
+if redis.call('HGET', KEYS[1], 'version') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'foldin_key', ARGV[2], 'foldin', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+_FIELDS = ("items", "version", "foldin_key", "foldin")
+_REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+
+
+def _decode_items(raw: bytes) -> tuple[str, ...]:
+    items = json.loads(raw)
+    # Lua's cjson encodes an empty table as {}; a stored history is a list of strings otherwise.
+    return tuple(str(i) for i in items) if isinstance(items, list) else ()
+
+
+class RedisHistoryStore:
+    """Histories in Redis (``redis.asyncio``, pooled, short timeouts), shared by every replica.
+
+    Every failure (``RedisError``, ``OSError``, timeouts) is counted in
+    ``ld4mrec_redis_errors_total{operation}`` and raised as :class:`StoreUnavailableError`. After a
+    failure, calls skip Redis for ``backoff_s`` (so an outage does not cost every request a timeout);
+    then the next call tries again and the pool reconnects, so the store recovers by itself.
+    """
+
+    backend = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        metrics: ServiceMetrics,
+        *,
+        prefix: str = "ld4mrec:",
+        timeout_s: float = 0.25,
+        connect_timeout_s: float = 0.25,
+        max_connections: int = 64,
+        retries: int = 1,
+        backoff_s: float = 0.5,
+    ) -> None:
+        self._pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=connect_timeout_s,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=connect_timeout_s,
+            retry=Retry(NoBackoff(), retries),
+        )
+        self._redis = aioredis.Redis(connection_pool=self._pool)
+        self._append = self._redis.register_script(_APPEND_LUA)
+        self._put_foldin = self._redis.register_script(_PUT_FOLDIN_LUA)
+        self._metrics = metrics
+        self._prefix = prefix
+        self._backoff_s = backoff_s
+        self._down_until = 0.0
+
+    def key(self, user_id: str) -> str:
+        """The Redis key of a user's history hash."""
+        return f"{self._prefix}user:{user_id}"
+
+    async def _call(self, operation: str, call: Callable[[], Awaitable[T]], *, force: bool = False) -> T:
+        if not force and time.monotonic() < self._down_until:
+            raise StoreUnavailableError(operation, "Redis failed moments ago; retrying shortly")
+        try:
+            result = await call()
+        except _REDIS_FAILURES as exc:
+            self._metrics.redis_errors.labels(operation=operation).inc()
+            self._down_until = time.monotonic() + self._backoff_s
+            raise StoreUnavailableError(operation, f"{type(exc).__name__}: {exc}") from exc
+        self._down_until = 0.0
+        return result
+
+    @staticmethod
+    def _parse(values: Sequence[bytes | str | None], model_version: str) -> StoredHistory | None:
+        """An HMGET of ``_FIELDS`` (bytes: the client does not decode responses) -> StoredHistory."""
+        raw_items, raw_version, raw_key, raw_foldin = (
+            v.encode() if isinstance(v, str) else v for v in values
+        )
+        if raw_items is None:
+            return None
+        version = int(raw_version or 0)
+        valid = raw_key is not None and raw_key.decode() == foldin_key(model_version, version)
+        return StoredHistory(_decode_items(raw_items), version, raw_foldin if valid else None)
+
+    async def get(self, user_id: str, model_version: str) -> StoredHistory | None:
+        values = await self._call("get", lambda: self._redis.hmget(self.key(user_id), _FIELDS))
+        return self._parse(values, model_version)
+
+    async def get_many(self, user_ids: Sequence[str], model_version: str) -> list[StoredHistory | None]:
+        async def fetch() -> list[list[bytes | None]]:
+            pipe = self._redis.pipeline(transaction=False)
+            for user_id in user_ids:
+                pipe.hmget(self.key(user_id), _FIELDS)
+            return await pipe.execute()
+
+        rows = await self._call("get_many", fetch)
+        return [self._parse(values, model_version) for values in rows]
+
+    async def append(
+        self, user_id: str, item_ids: Sequence[str], seed: SeedFn | None, max_len: int
+    ) -> AppendResult:
+        new: str = json.dumps(_unique_in_order(item_ids))
+        key = self.key(user_id)
+        result = await self._call("append", lambda: self._append(keys=[key], args=[new, max_len, "0", "[]"]))
+        if int(result[0]) == -1:  # first write: seed with the artifact history (a second, atomic call)
+            seeded = json.dumps(_unique_in_order(seed() if seed is not None else ()))
+            result = await self._call(
+                "append", lambda: self._append(keys=[key], args=[new, max_len, "1", seeded])
+            )
+        version, added, length, created = (int(v) for v in result)
+        return AppendResult(version, added, length, bool(created))
+
+    async def put_foldin(self, user_id: str, version: int, model_version: str, signals: bytes) -> None:
+        args: list[str | bytes] = [str(version), foldin_key(model_version, version), signals]
+        await self._call("put_foldin", lambda: self._put_foldin(keys=[self.key(user_id)], args=args))
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._call("ping", self._redis.ping, force=True))
+        except StoreUnavailableError:
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+        await self._pool.aclose()

@@ -1,0 +1,73 @@
+"""Prometheus metrics of the service, in a dedicated registry per app (names are a shared contract).
+
+All durations are in seconds; no label ever carries a user or item id. The names and labels are the
+contract shared with the dashboards and alerts (see README, "Metrics").
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["HTTP_BUCKETS", "BATCH_BUCKETS", "ServiceMetrics"]
+
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class ServiceMetrics:
+    """Every metric the service exports, registered in ``self.registry``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        http_labels = ("route", "method", "status_class")
+        self.http_requests = Counter(
+            "ld4mrec_http_requests_total", "HTTP requests answered", http_labels, registry=r
+        )
+        self.http_duration = Histogram(
+            "ld4mrec_http_request_duration_seconds",
+            "HTTP request duration in seconds",
+            http_labels,
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.http_in_flight = Gauge(
+            "ld4mrec_http_requests_in_flight", "HTTP requests being served", registry=r
+        )
+        self.batch_size = Histogram(
+            "ld4mrec_batch_size", "users per batched forward pass", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.queue_wait = Histogram(
+            "ld4mrec_batch_queue_wait_seconds",
+            "seconds a scoring request waited in the micro-batch queue",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.forward = Histogram(
+            "ld4mrec_model_forward_seconds",
+            "seconds of one batched scoring pass (fold-in, forward, masking, top-k)",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "ld4mrec_redis_errors_total", "failed Redis calls by operation", ("operation",), registry=r
+        )
+        self.fallback_reads = Counter(
+            "ld4mrec_history_fallback_reads_total",
+            "history reads served from the artifact because the history store failed",
+            registry=r,
+        )
+        self.foldin_hits = Counter("ld4mrec_foldin_cache_hits_total", "fold-in cache hits", registry=r)
+        self.foldin_misses = Counter("ld4mrec_foldin_cache_misses_total", "fold-in cache misses", registry=r)
+        self.model_info = Gauge(
+            "ld4mrec_model_info", "the loaded model (value 1)", ("model_version", "dataset"), registry=r
+        )
+        self.model_reloads = Counter(
+            "ld4mrec_model_reloads_total", "model reloads by result", ("result",), registry=r
+        )
+
+    def set_model(self, model_version: str, dataset: str) -> None:
+        """Make ``(model_version, dataset)`` the only series of ``ld4mrec_model_info``."""
+        self.model_info.clear()
+        self.model_info.labels(model_version=model_version, dataset=dataset).set(1)

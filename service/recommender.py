@@ -1,0 +1,219 @@
+"""What the routes call: histories from the store (or the artifact), fold-in + cache, batched scoring.
+
+A user's current history is the stored one when the store has an entry, else the artifact's training
+history. Unchanged users (no store entry) use the artifact's stored signals; stored histories use
+fold-in, cached in the store under ``(model_version, history version)``. When the store is
+unreachable, reads fall back to the artifact's histories (``history_source: "artifact"``, counted in
+``ld4mrec_history_fallback_reads_total``) and writes raise :class:`StoreUnavailableError` (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.batcher import MicroBatcher
+from service.engine import Engine, ScoredItems, ScoringRequest
+from service.errors import FieldError, UnknownItemsError, UnknownUserError
+from service.history_store import AppendResult, HistoryStore, StoredHistory, StoreUnavailableError
+from service.metrics import ServiceMetrics
+from service.schemas import RecommendedItem, RecommendResponse
+from service.settings import Settings
+
+__all__ = ["RankOptions", "Recommender"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_K = 20
+Loc = tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RankOptions:
+    """Per-request ranking options; ``where`` is "query" or "body" (for error locations)."""
+
+    k: int | None = None
+    exclude_seen: bool = True
+    exclude: Sequence[str] = ()
+    candidates: Sequence[str] | None = None
+    where: str = "query"
+
+
+@dataclass(frozen=True)
+class _Ranking:
+    """Options resolved against one engine: k and internal-id arrays."""
+
+    k: int
+    exclude_seen: bool
+    exclude: np.ndarray
+    candidates: np.ndarray | None
+
+
+class Recommender:
+    """The service state and use cases; ``engine`` may be swapped (reload), the rest lives with the app."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        store: HistoryStore,
+        batcher: MicroBatcher,
+        metrics: ServiceMetrics,
+        settings: Settings,
+    ) -> None:
+        self.engine = engine
+        self.store = store
+        self.batcher = batcher
+        self.metrics = metrics
+        self.settings = settings
+
+    # -- validation ------------------------------------------------------------------------------------------
+    def check_ids(self, loc: Loc, ids: Sequence[str]) -> None:
+        """Refuse lists longer than MAX_IDS."""
+        if len(ids) > self.settings.max_ids:
+            raise FieldError(loc, f"at most {self.settings.max_ids} ids per list (MAX_IDS), got {len(ids)}")
+
+    def check_users(self, user_ids: Sequence[str]) -> None:
+        """Refuse batches larger than MAX_BATCH_USERS."""
+        limit = self.settings.max_batch_users
+        if len(user_ids) > limit:
+            raise FieldError(
+                ("body", "user_ids"), f"at most {limit} users per call (MAX_BATCH_USERS), got {len(user_ids)}"
+            )
+
+    def _ranking(self, engine: Engine, options: RankOptions) -> _Ranking:
+        max_k = self.settings.max_k
+        k = options.k if options.k is not None else min(DEFAULT_K, max_k)
+        if not 1 <= k <= max_k:
+            raise FieldError((options.where, "k"), f"k must be between 1 and {max_k} (MAX_K), got {k}")
+        self.check_ids((options.where, "exclude"), options.exclude)
+        exclude, _ = engine.item_indices(options.exclude)  # unknown ids can never be returned anyway
+        candidates = None
+        if options.candidates is not None:
+            self.check_ids((options.where, "candidates"), options.candidates)
+            candidates, unknown = engine.item_indices(options.candidates)
+            if unknown:
+                raise UnknownItemsError((options.where, "candidates"), unknown)
+        return _Ranking(k, options.exclude_seen, exclude, candidates)
+
+    # -- reads -----------------------------------------------------------------------------------------------
+    async def for_user(self, user_id: str, options: RankOptions) -> RecommendResponse:
+        """Top-k for one user (404 when neither the model nor the store knows the user)."""
+        return (await self.for_users([user_id], options))[0]
+
+    async def for_users(self, user_ids: Sequence[str], options: RankOptions) -> list[RecommendResponse]:
+        """Top-k for several users; their rows join the same micro-batches."""
+        engine = self.engine
+        ranking = self._ranking(engine, options)
+        indices = [engine.user_index(u) for u in user_ids]
+        try:
+            if len(user_ids) == 1:
+                stored: list[StoredHistory | None] = [await self.store.get(user_ids[0], engine.model_version)]
+            else:
+                stored = await self.store.get_many(user_ids, engine.model_version)
+        except StoreUnavailableError:
+            if any(i < 0 for i in indices):
+                raise  # only the store knows these users: 503, not a wrong 404
+            self.metrics.fallback_reads.inc(len(user_ids))
+            stored = [None] * len(user_ids)
+        unknown = [u for u, i, s in zip(user_ids, indices, stored, strict=True) if i < 0 and s is None]
+        if unknown:
+            raise UnknownUserError(list(dict.fromkeys(unknown)))
+
+        requests, sources = [], []
+        signals: np.ndarray | None
+        for user_index, entry in zip(indices, stored, strict=True):
+            if entry is None:
+                history, signals, source = (
+                    engine.artifact_history(user_index),
+                    engine.stored_signals(user_index),
+                    "artifact",
+                )
+            else:
+                history, _ = engine.item_indices(entry.item_ids)  # ids a reloaded catalogue lacks drop out
+                signals = engine.decode_signals(entry.foldin)
+                (self.metrics.foldin_hits if signals is not None else self.metrics.foldin_misses).inc()
+                source = self.store.backend
+            requests.append(self._request(user_index, history, signals, ranking))
+            sources.append(source)
+
+        results = await asyncio.gather(*(self.batcher.submit(engine, r) for r in requests))
+        await self._cache_foldins(engine, user_ids, stored, results)
+        return [
+            self._response(engine, user_id, result, source, cold_start=user_index < 0)
+            for user_id, user_index, result, source in zip(user_ids, indices, results, sources, strict=True)
+        ]
+
+    async def for_history(self, history_ids: Sequence[str], options: RankOptions) -> RecommendResponse:
+        """Top-k for a history given in the request (cold start; always fold-in, never cached)."""
+        engine = self.engine
+        self.check_ids(("body", "history"), history_ids)
+        ranking = self._ranking(engine, options)
+        history, unknown = engine.item_indices(history_ids)
+        if unknown:
+            raise UnknownItemsError(("body", "history"), unknown)
+        result = await self.batcher.submit(engine, self._request(-1, history, None, ranking))
+        return self._response(engine, None, result, "request", cold_start=True)
+
+    # -- writes ----------------------------------------------------------------------------------------------
+    async def add_interactions(self, user_id: str, item_ids: Sequence[str]) -> AppendResult:
+        """Append clicks to the stored history (the first write seeds it with the artifact history)."""
+        engine = self.engine
+        self.check_ids(("body", "item_ids"), item_ids)
+        _, unknown = engine.item_indices(item_ids)
+        if unknown:
+            raise UnknownItemsError(("body", "item_ids"), unknown)
+        user_index = engine.user_index(user_id)
+        seed = (lambda: engine.artifact_history_ids(user_index)) if user_index >= 0 else None
+        return await self.store.append(user_id, item_ids, seed, self.settings.max_history)
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    @staticmethod
+    def _request(
+        user_index: int, history: np.ndarray, signals: np.ndarray | None, ranking: _Ranking
+    ) -> ScoringRequest:
+        if ranking.exclude_seen and history.size:
+            exclude = np.concatenate([history, ranking.exclude]) if ranking.exclude.size else history
+        else:
+            exclude = ranking.exclude
+        return ScoringRequest(user_index, history, signals, ranking.k, exclude, ranking.candidates)
+
+    async def _cache_foldins(
+        self,
+        engine: Engine,
+        user_ids: Sequence[str],
+        stored: Sequence[StoredHistory | None],
+        results: Sequence[ScoredItems],
+    ) -> None:
+        """Store the fold-ins this call computed; a store failure only costs a later recomputation."""
+        for user_id, entry, result in zip(user_ids, stored, results, strict=True):
+            if entry is None or result.folded_signals is None:
+                continue
+            try:
+                await self.store.put_foldin(
+                    user_id, entry.version, engine.model_version, result.folded_signals.tobytes()
+                )
+            except StoreUnavailableError as exc:
+                log.warning("fold-in not cached: %s", exc)
+                return
+
+    @staticmethod
+    def _response(
+        engine: Engine, user_id: str | None, result: ScoredItems, source: str, *, cold_start: bool
+    ) -> RecommendResponse:
+        items = [
+            RecommendedItem(item_id=item_id, score=float(score), rank=rank)
+            for rank, (item_id, score) in enumerate(
+                zip(engine.item_ids_of(result.items), result.scores.tolist(), strict=True), start=1
+            )
+        ]
+        return RecommendResponse(
+            user_id=user_id,
+            items=items,
+            model_version=engine.model_version,
+            history_source=source,  # type: ignore[arg-type]
+            cold_start=cold_start,
+        )

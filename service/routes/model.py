@@ -1,0 +1,29 @@
+"""``GET /model``: a summary of the loaded artifact's manifest."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from service.dependencies import RecommenderDep, require_api_key
+from service.routes.recommend import ERRORS
+from service.schemas import ModelResponse
+
+router = APIRouter(tags=["model"], dependencies=[Depends(require_api_key)])
+
+
+@router.get("/model", response_model=ModelResponse, responses=ERRORS, summary="The loaded model")
+async def model_info(recommender: RecommenderDep) -> ModelResponse:
+    """Version, dataset, sizes, modalities, offline metrics and hyperparameters of the loaded model."""
+    engine = recommender.engine
+    art = engine.artifact
+    return ModelResponse(
+        model_version=art.model_version,
+        dataset=art.dataset,
+        created_at=art.created_at,
+        n_users=art.n_users,
+        n_items=art.n_items,
+        modalities=list(art.modality_names),
+        metrics=art.metrics,
+        device=str(engine.device),
+        hyperparameters=art.train_config,
+    )

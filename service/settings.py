@@ -1,0 +1,105 @@
+"""Service settings, read from the environment with the prefix ``LD4MREC_`` (pydantic-settings).
+
+Every field can be set as ``LD4MREC_<NAME>`` (e.g. ``LD4MREC_ARTIFACT=artifacts/demo``,
+``LD4MREC_REDIS_URL=redis://127.0.0.1:6379/0``) or passed to :class:`Settings` directly (what the CLI
+does with its flags, which therefore override the environment). Durations are in seconds unless the
+name says ``_ms``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import torch
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "resolve_device"]
+
+
+class Settings(BaseSettings):
+    """Configuration of one service process."""
+
+    model_config = SettingsConfigDict(env_prefix="LD4MREC_", extra="ignore", frozen=True)
+
+    # -- model ----------------------------------------------------------------------------------------------
+    artifact: Annotated[Path, Field(description="artifact directory written by ld4mrec-train")] = Path(
+        "artifacts/demo"
+    )
+    device: Annotated[
+        str, Field(description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'")
+    ] = "auto"
+    torch_threads: Annotated[
+        int, Field(ge=0, le=256, description="intra-op threads of the forward pass; 0 = torch's default")
+    ] = 0
+
+    # -- micro-batching -------------------------------------------------------------------------------------
+    max_batch: Annotated[int, Field(ge=1, le=4096, description="users per forward pass, at most")] = 64
+    max_wait_ms: Annotated[
+        float, Field(ge=0.0, le=1000.0, description="how long a batch waits for more requests, at most (ms)")
+    ] = 2.0
+
+    # -- request limits -------------------------------------------------------------------------------------
+    max_k: Annotated[int, Field(ge=1, le=10_000, description="largest k a request may ask for")] = 100
+    max_ids: Annotated[
+        int,
+        Field(
+            ge=1, le=100_000, description="most ids in one list (interactions, history, exclude, candidates)"
+        ),
+    ] = 1000
+    max_batch_users: Annotated[int, Field(ge=1, le=10_000, description="most users in one batch call")] = 256
+    max_history: Annotated[
+        int, Field(ge=1, le=1_000_000, description="most items kept in a stored history (oldest dropped)")
+    ] = 2000
+
+    # -- history store --------------------------------------------------------------------------------------
+    redis_url: Annotated[str | None, Field(description="Redis URL; unset = in-process history store")] = None
+    redis_prefix: Annotated[str, Field(description="namespace of every Redis key the service writes")] = (
+        "ld4mrec:"
+    )
+    redis_timeout_s: Annotated[float, Field(gt=0.0, le=30.0, description="socket timeout")] = 0.25
+    redis_connect_timeout_s: Annotated[float, Field(gt=0.0, le=30.0, description="connect timeout")] = 0.25
+    redis_max_connections: Annotated[int, Field(ge=1, le=10_000, description="connection pool size")] = 64
+    redis_retries: Annotated[
+        int,
+        Field(
+            ge=0, le=10, description="immediate retries of a failed call (lets a stale connection reconnect)"
+        ),
+    ] = 1
+    redis_backoff_s: Annotated[
+        float, Field(ge=0.0, le=60.0, description="after a Redis failure, skip Redis for this long")
+    ] = 0.5
+    retry_after_s: Annotated[int, Field(ge=1, le=3600, description="Retry-After (seconds) of a 503")] = 1
+
+    # -- auth -----------------------------------------------------------------------------------------------
+    api_key: Annotated[
+        SecretStr | None, Field(description="when set, all but /healthz, /readyz, /metrics need X-API-Key")
+    ] = None
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value != "auto":
+            try:
+                torch.device(value)
+            except RuntimeError as exc:
+                raise ValueError(f"not a torch device: {value!r} ({exc})") from None
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _blank_is_unset(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.max_wait_ms / 1000.0
+
+
+def resolve_device(name: str) -> torch.device:
+    """``'auto'`` -> cuda when available, else cpu; anything else as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

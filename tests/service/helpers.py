@@ -1,0 +1,168 @@
+"""Helpers of the service tests: a throw-away redis-server, app start-up, and the offline reference
+ranking computed straight from the model (no service code)."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import redis
+import scipy.sparse as sp
+import torch
+from fastapi.testclient import TestClient
+
+from model.artifact import Artifact, build_model
+from model.ld4mrec import HistoryBatch, LD4MRec
+from model.ranking import mask_items, top_k
+from service.app import create_app
+from service.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A throw-away ``redis-server`` on loopback (no persistence) that a test may stop and restart."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail(
+                "redis-server is not installed; the service tests need it (apt-get install redis-server)"
+            )
+        self.binary = binary
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            cwd=self.workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.2, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if client.ping():
+                    break
+            except redis.exceptions.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.02)
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+def wait_ready(client: TestClient, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = client.get("/readyz")
+        if response.status_code == 200:
+            return
+        if response.json().get("status") == "failed" or time.monotonic() > deadline:
+            raise AssertionError(f"service not ready: {response.json()}")
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def running_client(settings: Settings, **client_kwargs: Any) -> Iterator[TestClient]:
+    """A TestClient with the lifespan on, once the model is loaded (a context manager)."""
+    with TestClient(create_app(settings), **client_kwargs) as client:
+        wait_ready(client)
+        yield client
+
+
+# -- the offline reference: the model alone, as the evaluator uses it -------------------------------------
+class Offline:
+    """Top-k computed without any service code, from the artifact and ``model.score``."""
+
+    def __init__(self, art: Artifact) -> None:
+        self.art = art
+        self.model: LD4MRec = build_model(art, "cpu")
+        self.item_index = {iid: i for i, iid in enumerate(art.item_ids)}
+
+    def user_index(self, user_id: str) -> int:
+        return self.art.user_ids.index(user_id)
+
+    def history_ids(self, user_id: str) -> list[str]:
+        u = self.user_index(user_id)
+        row = self.art.train_histories[u]
+        return [self.art.item_ids[i] for i in row.indices]
+
+    def top_k(
+        self, histories: list[list[str]], user_index: list[int], k: int
+    ) -> list[list[tuple[str, float]]]:
+        """Top-k (item id, score) for each history (training items of that history masked)."""
+        rows = [sorted({self.item_index[i] for i in h}) for h in histories]
+        indptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+        indices = np.asarray([i for r in rows for i in r], dtype=np.int64)
+        csr = sp.csr_matrix(
+            (np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(len(rows), self.art.n_items)
+        )
+        signals = self.model.fold_in(csr)
+        batch = HistoryBatch.from_csr(csr, np.asarray(user_index), signals, torch.device("cpu"))
+        with torch.inference_mode():
+            scores = self.model.score(batch)
+            mask_rows = torch.from_numpy(np.repeat(np.arange(len(rows)), np.diff(indptr)))
+            mask_items(scores, mask_rows, torch.from_numpy(indices))
+            values, ids = top_k(scores, k, stable=True)
+        return [
+            [(self.art.item_ids[i], float(v)) for i, v in zip(id_row.tolist(), val_row.tolist(), strict=True)]
+            for id_row, val_row in zip(ids, values, strict=True)
+        ]
+
+    def for_users(self, user_ids: list[str], k: int, mask: bool = True) -> list[list[tuple[str, float]]]:
+        """Top-k of training users with their training histories and stored signals (as the evaluator)."""
+        users = np.asarray([self.user_index(u) for u in user_ids])
+        csr = self.art.train_histories[users]
+        batch = HistoryBatch.from_csr(csr, users, self.art.signals[users], torch.device("cpu"))
+        with torch.inference_mode():
+            scores = self.model.score(batch)
+            if mask:
+                mask_rows = torch.from_numpy(np.repeat(np.arange(len(users)), np.diff(csr.indptr)))
+                mask_items(scores, mask_rows, torch.from_numpy(csr.indices.astype(np.int64)))
+            values, ids = top_k(scores, k, stable=True)
+        return [
+            [(self.art.item_ids[i], float(v)) for i, v in zip(id_row.tolist(), val_row.tolist(), strict=True)]
+            for id_row, val_row in zip(ids, values, strict=True)
+        ]
+
+
+def assert_same_ranking(items: list[dict[str, Any]], expected: list[tuple[str, float]]) -> None:
+    """The service's items equal the offline top-k: same ids in the same order, scores equal to float32."""
+    assert [it["item_id"] for it in items] == [i for i, _ in expected]
+    assert [it["rank"] for it in items] == list(range(1, len(expected) + 1))
+    np.testing.assert_allclose([it["score"] for it in items], [s for _, s in expected], rtol=1e-5, atol=1e-6)
