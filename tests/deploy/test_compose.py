@@ -217,3 +217,43 @@ def test_grafana_is_provisioned_from_repo_files_with_a_password(services: dict[s
     (datasource,) = load_yaml(GRAFANA_DATASOURCE)["datasources"]
     ((_, _, prometheus_port),) = published_ports(services["prometheus"])
     assert datasource["url"] == f"http://prometheus:{prometheus_port}"
+
+
+def run_trainer_command(services: dict[str, Any], tmp_path: Path, env: dict[str, str]) -> str:
+    """The trainer's resolved shell command run by /bin/sh, with /artifacts moved to ``tmp_path`` and an
+    ``ld4mrec-train`` on PATH that records its arguments (so the test checks the command, not training)."""
+    command = services["trainer"]["command"]
+    assert command[:2] == ["sh", "-c"]
+    script = command[2].replace("$$", "$").replace("/artifacts/", f"{tmp_path}/artifacts/")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    recorder = bin_dir / "ld4mrec-train"
+    recorder.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/train-args\n')
+    recorder.chmod(0o755)
+    (tmp_path / "train-args").unlink(missing_ok=True)
+    result = subprocess.run(
+        ["/bin/sh", "-c", script],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    args = tmp_path / "train-args"
+    return args.read_text().strip() if args.exists() else ""
+
+
+def test_trainer_trains_once_then_skips_unless_retrain(services: dict[str, Any], tmp_path: Path) -> None:
+    out = f"{tmp_path}/artifacts/current"
+    defaults = {"DATASET": "demo", "RETRAIN": "0", "LD4MREC_DEVICE": "cpu"}
+    assert (
+        run_trainer_command(services, tmp_path, defaults) == f"--data demo --out {out} --device cpu --quiet"
+    )
+    Path(out).mkdir(parents=True)
+    (Path(out) / "manifest.json").write_text("{}")
+    assert run_trainer_command(services, tmp_path, defaults) == "", "an existing artifact is kept"
+    retrain = {"DATASET": "/data/mydata", "RETRAIN": "1", "LD4MREC_DEVICE": "cuda"}
+    assert (
+        run_trainer_command(services, tmp_path, retrain)
+        == f"--data /data/mydata --out {out} --device cuda --quiet"
+    )
