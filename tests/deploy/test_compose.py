@@ -31,6 +31,7 @@ STACK_VARIABLES = (
     "DATASET",
     "DATASET_DIR",
     "RETRAIN",
+    "TRAIN_ARGS",
     "API_PORT",
     "GRAFANA_PORT",
     "PROMETHEUS_PORT",
@@ -252,8 +253,13 @@ def test_trainer_trains_once_then_skips_unless_retrain(services: dict[str, Any],
     Path(out).mkdir(parents=True)
     (Path(out) / "manifest.json").write_text("{}")
     assert run_trainer_command(services, tmp_path, defaults) == "", "an existing artifact is kept"
-    retrain = {"DATASET": "/data/mydata", "RETRAIN": "1", "LD4MREC_DEVICE": "cuda"}
+    retrain = {
+        "DATASET": "/data/mydata",
+        "RETRAIN": "1",
+        "LD4MREC_DEVICE": "cuda",
+        "TRAIN_ARGS": "--epochs 30 --lr 0.01",
+    }
     assert (
         run_trainer_command(services, tmp_path, retrain)
-        == f"--data /data/mydata --out {out} --device cuda --quiet"
+        == f"--data /data/mydata --out {out} --device cuda --quiet --epochs 30 --lr 0.01"
     )
