@@ -6,6 +6,9 @@ PY := $(VENV)/bin/python
 ARTIFACT ?= artifacts/demo
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# The demo's training is bounded so that `make demo` serves within a few minutes on 2 CPU cores;
+# `make demo DEMO_TRAIN_ARGS=` trains with the full defaults (early stopping, up to 1000 epochs).
+DEMO_TRAIN_ARGS ?= --epochs 30
 # The CPU build of torch; GPU users install their CUDA build of torch into the venv first.
 TORCH_SPEC ?= torch==2.13.0
 
@@ -21,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	@test -f $(ARTIFACT)/manifest.json || $(VENV)/bin/ld4mrec-train --data demo --out $(ARTIFACT)
+	@test -f $(ARTIFACT)/manifest.json || $(VENV)/bin/ld4mrec-train --data demo --out $(ARTIFACT) $(DEMO_TRAIN_ARGS)
 	$(VENV)/bin/ld4mrec-serve --artifact $(ARTIFACT) --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.installed
