@@ -27,8 +27,8 @@ class SyntheticSpec:
     latent_dim: int = 12
     mean_clicks: float = 24.0
     min_clicks: int = 6
-    temperature: float = 0.5
-    popularity_scale: float = 1.0
+    temperature: float = 0.3
+    popularity_scale: float = 0.5
     modalities: tuple[tuple[str, int], ...] = (("image", 32), ("text", 24))
     feature_noise: float = 0.3
     valid_fraction: float = 0.1
