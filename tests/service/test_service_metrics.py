@@ -28,7 +28,7 @@ def histogram(text: str, name: str) -> dict[str, float]:
 def test_concurrent_requests_are_batched(make_settings: Callable[..., Settings], offline: Offline) -> None:
     users = list(offline.art.user_ids[40:72])
     expected = offline.for_users(users, 10)
-    with running_client(make_settings(max_wait_ms=30.0, max_batch=64)) as client:
+    with running_client(make_settings(max_wait_ms=50.0, max_batch=64)) as client:
         before = histogram(client.get("/metrics").text, "ld4mrec_batch_size")
         get = client.get
         with ThreadPoolExecutor(max_workers=16) as pool:
