@@ -138,9 +138,14 @@ def write_artifact(art: Artifact, out_dir: str | Path) -> Path:
             (tmp / name).write_text(json.dumps(payload), encoding="utf-8")
         for p in tmp.iterdir():
             os.chmod(p, 0o644)
-        files = {p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
+        files: dict[str, dict[str, Any]] = {
+            p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())
+        }
         created = art.created_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        version = art.model_version or f"{art.dataset}-{created.replace(':', '').replace('-', '')}-{files[WEIGHTS]['sha256'][:8]}"
+        version = (
+            art.model_version
+            or f"{art.dataset}-{created.replace(':', '').replace('-', '')}-{files[WEIGHTS]['sha256'][:8]}"
+        )
         manifest = {
             "format_version": FORMAT_VERSION,
             "model": "LD4MRec",
@@ -173,7 +178,7 @@ def write_artifact(art: Artifact, out_dir: str | Path) -> Path:
     return out_dir
 
 
-# -- reading ---------------------------------------------------------------------------------------------------
+# -- reading ------------------------------------------------------------------------------------------
 def _load_manifest(root: Path) -> dict[str, Any]:
     path = root / MANIFEST
     if not root.is_dir():
@@ -188,8 +193,19 @@ def _load_manifest(root: Path) -> dict[str, Any]:
         raise ArtifactError(path, "expected a JSON object")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
-        raise ArtifactError(path, f"format_version {version!r} is not supported (this build reads {FORMAT_VERSION})")
-    for key in ("model_version", "dataset", "n_users", "n_items", "modality_order", "cnet", "diffusion", "files"):
+        raise ArtifactError(
+            path, f"format_version {version!r} is not supported (this build reads {FORMAT_VERSION})"
+        )
+    for key in (
+        "model_version",
+        "dataset",
+        "n_users",
+        "n_items",
+        "modality_order",
+        "cnet",
+        "diffusion",
+        "files",
+    ):
         if key not in manifest:
             raise ArtifactError(path, f"missing key {key!r}")
     return manifest
@@ -197,7 +213,12 @@ def _load_manifest(root: Path) -> dict[str, Any]:
 
 def _verify_files(root: Path, manifest: dict[str, Any]) -> None:
     files = manifest["files"]
-    required = {WEIGHTS, "user_ids.json", "item_ids.json", *(f"modality_{m}.npy" for m in manifest["modality_order"])}
+    required = {
+        WEIGHTS,
+        "user_ids.json",
+        "item_ids.json",
+        *(f"modality_{m}.npy" for m in manifest["modality_order"]),
+    }
     for name in sorted(required - set(files)):
         raise ArtifactError(root / MANIFEST, f"file list lacks {name}")
     for name, meta in files.items():
@@ -216,7 +237,9 @@ def _npy(root: Path, name: str, shape: tuple[int | None, ...], dtype: type) -> n
         array = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise ArtifactError(path, f"unreadable .npy ({exc})") from None
-    if array.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, array.shape, strict=True)):
+    if array.ndim != len(shape) or any(
+        s is not None and s != a for s, a in zip(shape, array.shape, strict=True)
+    ):
         raise ArtifactError(path, f"shape {array.shape} does not match the expected {shape}")
     if not np.issubdtype(array.dtype, dtype):
         raise ArtifactError(path, f"dtype {array.dtype} is not {dtype.__name__}")
@@ -259,12 +282,15 @@ def read_artifact(path: str | Path) -> Artifact:
     factors = _npy(root, "item_factors.npy", (n_items, d_svd), f32)
     singular = _npy(root, "singular_values.npy", (d_svd,), f32)
     features = tuple(
-        _npy(root, f"modality_{m}.npy", (n_items, dm), f32) for m, dm in zip(names, cfg.modality_dims, strict=True)
+        _npy(root, f"modality_{m}.npy", (n_items, dm), f32)
+        for m, dm in zip(names, cfg.modality_dims, strict=True)
     )
     indptr = _npy(root, "history_indptr.npy", (n_users + 1,), np.integer)
     indices = _npy(root, "history_indices.npy", (None,), np.integer)
     if indptr[0] != 0 or indptr[-1] != indices.shape[0] or np.any(np.diff(indptr) < 0):
-        raise ArtifactError(root / "history_indptr.npy", "row pointers are inconsistent with history_indices.npy")
+        raise ArtifactError(
+            root / "history_indptr.npy", "row pointers are inconsistent with history_indices.npy"
+        )
     if indices.size and (indices.min() < 0 or indices.max() >= n_items):
         raise ArtifactError(root / "history_indices.npy", f"item ids outside 0..{n_items - 1}")
     popularity = _npy(root, "item_popularity.npy", (n_items,), f32)
@@ -285,7 +311,9 @@ def read_artifact(path: str | Path) -> Artifact:
         weights=weights,
         z_in=z_in.astype(np.float32),
         signals=signals.astype(np.float32),
-        basis=SignalBasis(degree.astype(np.float32), factors.astype(np.float32), singular.astype(np.float32), features),
+        basis=SignalBasis(
+            degree.astype(np.float32), factors.astype(np.float32), singular.astype(np.float32), features
+        ),
         train_histories=histories,
         item_popularity=popularity.astype(np.float32),
         user_ids=_id_list(root, "user_ids.json", n_users),

@@ -35,6 +35,8 @@ class CNetConfig:
             training only.
         gate_bias: initial bias of the CG gate; negative starts the collaborative branch near off.
         activation: "tanh" (DiffRec) or "leaky_relu".
+        content_output: item output embeddings get a learned projection of the item features added
+            (``W_out + F P``), so that items share what their features say (cold and sparse items).
     """
 
     n_items: int
@@ -48,6 +50,7 @@ class CNetConfig:
     condition_dropout: float = 0.0
     gate_bias: float = -4.0
     activation: str = "tanh"
+    content_output: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -115,8 +118,12 @@ class PGBlock(nn.Module):
 
     def __init__(self, modality_dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.gamma = nn.Sequential(_xavier_linear(modality_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim))
-        self.beta = nn.Sequential(_xavier_linear(modality_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim))
+        self.gamma = nn.Sequential(
+            _xavier_linear(modality_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim)
+        )
+        self.beta = nn.Sequential(
+            _xavier_linear(modality_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, hidden_dim)
+        )
         for mlp in (self.gamma, self.beta):
             last = mlp[-1]
             assert isinstance(last, nn.Linear)
@@ -135,6 +142,10 @@ class CNet(nn.Module):
     (an embedding bag) and a dense input is ``x @ item_in``: both give the same numbers.
     """
 
+    signal_mean: torch.Tensor
+    signal_std: torch.Tensor
+    item_content: torch.Tensor
+
     def __init__(self, cfg: CNetConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -148,6 +159,12 @@ class CNet(nn.Module):
         self.pg_blocks = nn.ModuleList(PGBlock(dm, d) for dm in cfg.modality_dims[:n_pg])
         self.pg_act = nn.LeakyReLU(0.2)
         self.out = _xavier_linear(d, cfg.n_items)
+        content_dim = sum(cfg.modality_dims) if cfg.content_output else 0
+        if content_dim:
+            # (n, sum d_m) standardised item features, fixed; the projection starts at zero (no-op).
+            self.register_buffer("item_content", torch.zeros(cfg.n_items, content_dim))
+            self.content_proj = nn.Linear(content_dim, d, bias=False)
+            nn.init.zeros_(self.content_proj.weight)
         # Fixed standardisation of the condition signals (set from training users, saved with the weights).
         width = cfg.collab_dim + sum(cfg.modality_dims)
         self.register_buffer("signal_mean", torch.zeros(width))
@@ -196,7 +213,20 @@ class CNet(nn.Module):
                 h = self.pg_act(h)
             h = block(h, m)
         h = self.cg_second(h, z, c)
-        return self.out(h)
+        return self.output(h)
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        """FC_out: h (B, d) -> scores (B, n)."""
+        scores = self.out(h)
+        if hasattr(self, "content_proj"):
+            scores = scores + h @ self.content_proj(self.item_content).T
+        return scores
+
+    def set_item_content(self, features: list[torch.Tensor]) -> None:
+        """Fix the item features used by ``content_output``: each (n, d_m), L2-normalised per item."""
+        blocks = [f / f.norm(dim=1, keepdim=True).clamp_min(1e-8) for f in features]
+        content = torch.cat(blocks, dim=1)
+        self.item_content.copy_((content - content.mean(dim=0)) / content.std(dim=0).clamp_min(1e-8))
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, signals: torch.Tensor) -> torch.Tensor:
         """Dense path: x (B, n), z (B, d_fwd), signals (B, width) -> x0_hat (B, n)."""

@@ -66,7 +66,9 @@ class HistoryBatch:
 
     def dense(self, n_items: int) -> torch.Tensor:
         """(B, n) multi-hot float matrix of the histories."""
-        lengths = torch.diff(self.offsets, append=torch.tensor([self.item_ids.shape[0]], device=self.offsets.device))
+        lengths = torch.diff(
+            self.offsets, append=torch.tensor([self.item_ids.shape[0]], device=self.offsets.device)
+        )
         rows = torch.repeat_interleave(torch.arange(self.size, device=self.offsets.device), lengths)
         x = torch.zeros(self.size, n_items, device=self.item_ids.device)
         x[rows, self.item_ids] = 1.0
@@ -74,9 +76,13 @@ class HistoryBatch:
 
 
 class LD4MRec(nn.Module):
-    """The full model. ``z_in`` is the (n_users, d_fwd) table of initial-step embeddings (zero-initialised)."""
+    """The full model; ``z_in`` is the (n_users, d_fwd) table of initial-step embeddings (zero at start)."""
 
-    def __init__(self, cnet_config: CNetConfig, n_users: int, diffusion: DiffusionConfig, projection: SignalProjection):
+    signal_matrix: torch.Tensor
+
+    def __init__(
+        self, cnet_config: CNetConfig, n_users: int, diffusion: DiffusionConfig, projection: SignalProjection
+    ):
         super().__init__()
         self.cnet = CNet(cnet_config)
         self.z_in = nn.Embedding(n_users, cnet_config.step_dim)

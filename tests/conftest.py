@@ -12,7 +12,9 @@ from training.export import export_artifact
 from training.synthetic import SyntheticSpec, write_synthetic_dataset
 from training.trainer import train
 
-SMALL_SPEC = SyntheticSpec(n_users=240, n_items=150, latent_dim=8, mean_clicks=16, modalities=(("image", 12), ("text", 8)))
+SMALL_SPEC = SyntheticSpec(
+    n_users=240, n_items=150, latent_dim=8, mean_clicks=16, modalities=(("image", 12), ("text", 8))
+)
 TINY_CONFIG = dict(epochs=30, hidden_dim=64, svd_rank=16, batch_size=64, lr=1e-3, patience=10, threads=1)
 
 

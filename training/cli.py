@@ -30,9 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train LD4MRec on a dataset in the MMRec layout and export a service artifact.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--data", required=True, help=f"dataset directory (<name>.inter + <modality>_feat.npy) or '{DEMO}'")
-    parser.add_argument("--out", required=True, help="artifact directory to write (an existing artifact there is replaced)")
-    parser.add_argument("--modalities", default=None, help="comma-separated modality order (default: all, sorted)")
+    parser.add_argument(
+        "--data", required=True, help=f"dataset directory (<name>.inter + <modality>_feat.npy) or '{DEMO}'"
+    )
+    parser.add_argument(
+        "--out", required=True, help="artifact directory to write (an existing artifact there is replaced)"
+    )
+    parser.add_argument(
+        "--modalities", default=None, help="comma-separated modality order (default: all, sorted)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     defaults = TrainConfig()
     group = parser.add_argument_group("hyperparameters")
@@ -80,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     test = result.metrics["test"]
     log.info(
         "done: best epoch %d, test recall@20 %.4f ndcg@20 %.4f; artifact at %s (manifest: %s)",
-        result.best_epoch, test["recall@20"], test["ndcg@20"], path, path / "manifest.json",
+        result.best_epoch,
+        test["recall@20"],
+        test["ndcg@20"],
+        path,
+        path / "manifest.json",
     )
     return 0
 

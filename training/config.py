@@ -36,6 +36,7 @@ class TrainConfig:
     condition_dropout: float = 0.0
     gate_bias: float = -4.0
     activation: str = "tanh"
+    content_output: bool = False
     # diffusion
     steps: int = 5
     noise_scale: float = 0.1

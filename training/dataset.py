@@ -56,7 +56,9 @@ class InteractionData:
         return int(self.train.shape[1])
 
     def summary(self) -> str:
-        mods = ", ".join(f"{n} {f.shape[1]}" for n, f in zip(self.modality_names, self.modality_features, strict=True))
+        mods = ", ".join(
+            f"{n} {f.shape[1]}" for n, f in zip(self.modality_names, self.modality_features, strict=True)
+        )
         return (
             f"{self.name}: {self.n_users} users, {self.n_items} items, interactions train/valid/test "
             f"{self.train.nnz}/{self.valid.nnz}/{self.test.nnz}; modalities: {mods or 'none'}"
@@ -75,7 +77,10 @@ def find_inter_file(directory: Path) -> Path:
         return candidates[0]
     if not candidates:
         raise DatasetError(f"{directory}: no <name>.inter interaction file found")
-    raise DatasetError(f"{directory}: several .inter files ({', '.join(c.name for c in candidates)}); expected {preferred.name}")
+    raise DatasetError(
+        f"{directory}: several .inter files ({', '.join(c.name for c in candidates)}); "
+        f"expected {preferred.name}"
+    )
 
 
 def _parse_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -83,7 +88,9 @@ def _parse_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with path.open("r", encoding="utf-8") as fh:
         header_line = fh.readline()
         if not header_line.strip():
-            raise DatasetError(f"{path}: line 1: empty file or missing header (expected {' '.join(REQUIRED_COLUMNS)})")
+            raise DatasetError(
+                f"{path}: line 1: empty file or missing header (expected {' '.join(REQUIRED_COLUMNS)})"
+            )
         header = header_line.rstrip("\r\n").split("\t")
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if missing:
@@ -100,7 +107,9 @@ def _parse_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                 continue
             fields = text.split("\t")
             if len(fields) != width:
-                raise DatasetError(f"{path}: line {line_no}: expected {width} tab-separated fields, got {len(fields)}")
+                raise DatasetError(
+                    f"{path}: line {line_no}: expected {width} tab-separated fields, got {len(fields)}"
+                )
             values = []
             for name, c in zip(REQUIRED_COLUMNS, cols, strict=True):
                 raw = fields[c].strip()
@@ -112,7 +121,9 @@ def _parse_inter(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                     raise DatasetError(f"{path}: line {line_no}: {name} {v} is negative")
                 values.append(v)
             if values[2] not in SPLITS:
-                raise DatasetError(f"{path}: line {line_no}: x_label {values[2]} is not 0 (train), 1 (valid) or 2 (test)")
+                raise DatasetError(
+                    f"{path}: line {line_no}: x_label {values[2]} is not 0 (train), 1 (valid) or 2 (test)"
+                )
             rows.append((values[0], values[1], values[2]))
     if not rows:
         raise DatasetError(f"{path}: no interactions after the header")
@@ -155,7 +166,9 @@ def _load_features(path: Path, n_items: int) -> np.ndarray:
     return feats
 
 
-def _split_matrix(users: np.ndarray, items: np.ndarray, mask: np.ndarray, shape: tuple[int, int]) -> sp.csr_matrix:
+def _split_matrix(
+    users: np.ndarray, items: np.ndarray, mask: np.ndarray, shape: tuple[int, int]
+) -> sp.csr_matrix:
     data = np.ones(int(mask.sum()), dtype=np.float32)
     m = sp.csr_matrix((data, (users[mask], items[mask])), shape=shape, dtype=np.float32)
     m.sort_indices()
@@ -163,7 +176,7 @@ def _split_matrix(users: np.ndarray, items: np.ndarray, mask: np.ndarray, shape:
 
 
 def load_dataset(directory: str | Path, modalities: list[str] | None = None) -> InteractionData:
-    """Load and validate ``DIR``. ``modalities`` picks and orders feature files (default: all, sorted by name)."""
+    """Load and validate ``DIR``; ``modalities`` picks and orders feature files (default: all, sorted)."""
     directory = Path(directory)
     inter = find_inter_file(directory)
     users, items, labels = _parse_inter(inter)
@@ -180,7 +193,8 @@ def load_dataset(directory: str | Path, modalities: list[str] | None = None) -> 
         if unknown:
             raise DatasetError(
                 f"{directory}: no feature file for modality {', '.join(unknown)} "
-                f"(expected {', '.join(m + FEATURE_SUFFIX for m in unknown)}; found: {sorted(available) or 'none'})"
+                f"(expected {', '.join(m + FEATURE_SUFFIX for m in unknown)}; "
+                f"found: {sorted(available) or 'none'})"
             )
         names = list(modalities)
     features = tuple(_load_features(available[n], n_items) for n in names)

@@ -17,10 +17,15 @@ __all__ = ["export_artifact"]
 log = logging.getLogger(__name__)
 
 
-def export_artifact(result: TrainResult, data: InteractionData, cfg: TrainConfig, out_dir: str | Path) -> Path:
+def export_artifact(
+    result: TrainResult, data: InteractionData, cfg: TrainConfig, out_dir: str | Path
+) -> Path:
     """Write weights, signals, fold-in basis, histories, id maps, log and manifest to ``out_dir``."""
     model = result.model
-    hyper = cfg.to_dict() | {"best_epoch": result.best_epoch, "seconds_per_epoch": round(result.seconds_per_epoch, 4)}
+    hyper = cfg.to_dict() | {
+        "best_epoch": result.best_epoch,
+        "seconds_per_epoch": round(result.seconds_per_epoch, 4),
+    }
     art = Artifact(
         dataset=data.name,
         modality_names=data.modality_names,

@@ -36,7 +36,9 @@ class SyntheticSpec:
     seed: int = 0
 
 
-def write_synthetic_dataset(directory: str | Path, spec: SyntheticSpec = SyntheticSpec(), name: str | None = None) -> Path:
+def write_synthetic_dataset(
+    directory: str | Path, spec: SyntheticSpec = SyntheticSpec(), name: str | None = None
+) -> Path:
     """Generate the dataset and write ``DIR/<name>.inter`` and ``DIR/<modality>_feat.npy``; returns DIR."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,9 @@ class TrainResult:
     seconds_per_epoch: float = 0.0
 
 
-def soft_target(x_in: torch.Tensor, p: float, gamma: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def soft_target(
+    x_in: torch.Tensor, p: float, gamma: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Soft reconstruction target f_s(x_in) (Eqs. 6-7), resampled per call.
 
     Each entry joins S+ (clicked) or S- (not clicked) with probability ``p``; those get ``1 - gamma`` and
@@ -69,12 +71,15 @@ def prepare_model(data: InteractionData, cfg: TrainConfig) -> tuple[LD4MRec, Sig
         condition_dropout=cfg.condition_dropout,
         gate_bias=cfg.gate_bias,
         activation=cfg.activation,
+        content_output=cfg.content_output,
     )
     diffusion = DiffusionConfig(cfg.steps, cfg.noise_scale, cfg.noise_min, cfg.noise_max)
     model = LD4MRec(cnet_cfg, data.n_users, diffusion, projection)
     active = np.diff(data.train.indptr) > 0
     s = torch.from_numpy(signals[active])
     model.cnet.set_signal_stats(s.mean(dim=0), s.std(dim=0))
+    if hasattr(model.cnet, "content_proj"):
+        model.cnet.set_item_content([torch.from_numpy(f) for f in data.modality_features])
     return model, basis, signals
 
 
@@ -148,16 +153,26 @@ def train(data: InteractionData, cfg: TrainConfig, *, progress: bool = True) -> 
     model.to(device)
     signals_t = torch.from_numpy(signals).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sampler = ImportanceStepSampler(cfg.steps, cfg.importance_history, cfg.importance_uniform_mix, seed=cfg.seed)
+    sampler = ImportanceStepSampler(
+        cfg.steps, cfg.importance_history, cfg.importance_uniform_mix, seed=cfg.seed
+    )
     users = np.nonzero(np.diff(data.train.indptr) > 0)[0]
     score_fn = make_score_fn(model, data.train, signals, device)
 
     best_valid, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
     bad_evals, history, epoch_seconds = 0, [], []
-    bar = tqdm(range(1, cfg.epochs + 1), desc=f"train {data.name}", unit="epoch", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        range(1, cfg.epochs + 1),
+        desc=f"train {data.name}",
+        unit="epoch",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     for epoch in bar:
         t0 = time.perf_counter()
-        loss = _train_epoch(model, optimizer, sampler, data.train, users, signals_t, cfg, rng, generator, device)
+        loss = _train_epoch(
+            model, optimizer, sampler, data.train, users, signals_t, cfg, rng, generator, device
+        )
         epoch_seconds.append(time.perf_counter() - t0)
         row: dict[str, Any] = {"epoch": epoch, "loss": loss, "seconds": epoch_seconds[-1]}
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
@@ -169,11 +184,20 @@ def train(data: InteractionData, cfg: TrainConfig, *, progress: bool = True) -> 
                 best_state = copy.deepcopy(model.state_dict())
             else:
                 bad_evals += 1
-            bar.set_postfix(loss=f"{loss:.3f}", valid_r20=f"{valid[SELECT_METRIC]:.4f}", best=f"{best_valid:.4f}@{best_epoch}")
+            bar.set_postfix(
+                loss=f"{loss:.3f}",
+                valid_r20=f"{valid[SELECT_METRIC]:.4f}",
+                best=f"{best_valid:.4f}@{best_epoch}",
+            )
             log.debug("epoch %d loss %.4f valid %s", epoch, loss, valid)
         history.append(row)
         if bad_evals >= cfg.patience:
-            log.info("early stop at epoch %d: no valid %s gain for %d evaluations", epoch, SELECT_METRIC, cfg.patience)
+            log.info(
+                "early stop at epoch %d: no valid %s gain for %d evaluations",
+                epoch,
+                SELECT_METRIC,
+                cfg.patience,
+            )
             break
     bar.close()
 

@@ -47,7 +47,9 @@ def test_round_trip_gives_identical_scores(tiny_artifact: Path, tmp_path: Path) 
             scores.append(model.score(batch))
     torch.testing.assert_close(scores[0], scores[1])
     # The stored signals are what fold-in computes for the unchanged training histories.
-    np.testing.assert_allclose(build_model(art).fold_in(art.train_histories), art.signals, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        build_model(art).fold_in(art.train_histories), art.signals, rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("name", ["weights.safetensors", "signals.npy", "item_ids.json", "modality_text.npy"])

@@ -15,9 +15,18 @@ from model.signals import compute_signal_basis
 def _model(n_items: int = 40, n_users: int = 12, **overrides) -> tuple[LD4MRec, sp.csr_matrix]:
     rng = np.random.default_rng(0)
     train = sp.csr_matrix((rng.random((n_users, n_items)) < 0.2).astype(np.float32))
-    feats = [rng.standard_normal((n_items, 5)).astype(np.float32), rng.standard_normal((n_items, 3)).astype(np.float32)]
+    feats = [
+        rng.standard_normal((n_items, 5)).astype(np.float32),
+        rng.standard_normal((n_items, 3)).astype(np.float32),
+    ]
     basis = compute_signal_basis(train, feats, svd_rank=6)
-    cfg = CNetConfig(n_items=n_items, collab_dim=basis.collab_dim, modality_dims=basis.modality_dims, hidden_dim=16, **overrides)
+    cfg = CNetConfig(
+        n_items=n_items,
+        collab_dim=basis.collab_dim,
+        modality_dims=basis.modality_dims,
+        hidden_dim=16,
+        **overrides,
+    )
     torch.manual_seed(0)
     model = LD4MRec(cfg, n_users, DiffusionConfig(), basis.projection())
     with torch.no_grad():
@@ -28,7 +37,9 @@ def _model(n_items: int = 40, n_users: int = 12, **overrides) -> tuple[LD4MRec, 
     return model.eval(), train
 
 
-@pytest.mark.parametrize("overrides", [{}, {"use_cg": False}, {"use_pg": False}, {"use_cg": False, "use_pg": False}])
+@pytest.mark.parametrize(
+    "overrides", [{}, {"use_cg": False}, {"use_pg": False}, {"use_cg": False, "use_pg": False}]
+)
 def test_sparse_first_layer_equals_dense_path(overrides) -> None:
     model, train = _model(**overrides)
     users = np.arange(train.shape[0])
@@ -54,7 +65,9 @@ def test_ablation_switches_remove_condition_parameters() -> None:
     assert not hasattr(no_cg.cg_first, "condition") and not hasattr(no_cg.cg_second, "gate")
     assert len(no_pg.pg_blocks) == 0
     # without CG and PG the output does not depend on the signals at all
-    plain = CNet(CNetConfig(n_items=10, collab_dim=8, modality_dims=(4, 3), hidden_dim=6, use_cg=False, use_pg=False)).eval()
+    plain = CNet(
+        CNetConfig(n_items=10, collab_dim=8, modality_dims=(4, 3), hidden_dim=6, use_cg=False, use_pg=False)
+    ).eval()
     x, z = torch.rand(2, 10), torch.randn(2, 10)
     torch.testing.assert_close(plain(x, z, torch.randn(2, 15)), plain(x, z, torch.randn(2, 15)))
 

@@ -62,8 +62,12 @@ def test_fold_in_reproduces_offline_signals_of_training_users(synthetic_data) ->
     projection = basis.projection()
     offline = signals_from_histories(projection, synthetic_data.train)
     for user in (0, 7, 100, synthetic_data.n_users - 1):
-        items = synthetic_data.train.indices[synthetic_data.train.indptr[user] : synthetic_data.train.indptr[user + 1]]
-        history = sp.csr_matrix((np.ones(len(items), np.float32), items, [0, len(items)]), shape=(1, synthetic_data.n_items))
+        items = synthetic_data.train.indices[
+            synthetic_data.train.indptr[user] : synthetic_data.train.indptr[user + 1]
+        ]
+        history = sp.csr_matrix(
+            (np.ones(len(items), np.float32), items, [0, len(items)]), shape=(1, synthetic_data.n_items)
+        )
         folded = signals_from_histories(projection, history)[0]
         np.testing.assert_allclose(folded, offline[user], rtol=1e-5, atol=1e-7 * np.abs(offline[user]).max())
 
@@ -71,7 +75,12 @@ def test_fold_in_reproduces_offline_signals_of_training_users(synthetic_data) ->
 def test_dense_training_path_equals_sparse_fold_in(synthetic_data) -> None:
     basis = compute_signal_basis(synthetic_data.train, synthetic_data.modality_features, svd_rank=16, seed=0)
     projection = basis.projection()
-    cfg = CNetConfig(n_items=synthetic_data.n_items, collab_dim=basis.collab_dim, modality_dims=basis.modality_dims, hidden_dim=8)
+    cfg = CNetConfig(
+        n_items=synthetic_data.n_items,
+        collab_dim=basis.collab_dim,
+        modality_dims=basis.modality_dims,
+        hidden_dim=8,
+    )
     model = LD4MRec(cfg, synthetic_data.n_users, DiffusionConfig(), projection)
     rows = synthetic_data.train[:32]
     dense = model.signals_dense(torch.from_numpy(rows.toarray())).numpy()

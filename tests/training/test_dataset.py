@@ -43,24 +43,40 @@ def test_extra_columns_and_column_order_are_accepted(tmp_path: Path) -> None:
     ("inter", "message"),
     [
         ("", r"toy.inter: line 1: empty file or missing header"),
-        ("user\titem\tlabel\n0\t0\t0\n", r"toy.inter: line 1: header .* lacks column\(s\) userID, itemID, x_label"),
-        ("userID\titemID\tx_label\n0\t0\t0\n0\tabc\t0\n", r"toy.inter: line 3: itemID 'abc' is not an integer"),
+        (
+            "user\titem\tlabel\n0\t0\t0\n",
+            r"toy.inter: line 1: header .* lacks column\(s\) userID, itemID, x_label",
+        ),
+        (
+            "userID\titemID\tx_label\n0\t0\t0\n0\tabc\t0\n",
+            r"toy.inter: line 3: itemID 'abc' is not an integer",
+        ),
         ("userID\titemID\tx_label\n0\t0\t0\n-1\t1\t0\n", r"toy.inter: line 3: userID -1 is negative"),
         ("userID\titemID\tx_label\n0\t0\t0\n0\t1\t7\n", r"toy.inter: line 3: x_label 7 is not 0"),
-        ("userID\titemID\tx_label\n0\t0\t0\n0\t1\n", r"toy.inter: line 3: expected 3 tab-separated fields, got 2"),
-        ("userID\titemID\tx_label\n0\t0\t0\n1\t1\t0\n0\t0\t2\n", r"toy.inter: line 4: duplicate pair userID 0 itemID 0 \(first seen on line 2\)"),
+        (
+            "userID\titemID\tx_label\n0\t0\t0\n0\t1\n",
+            r"toy.inter: line 3: expected 3 tab-separated fields, got 2",
+        ),
+        (
+            "userID\titemID\tx_label\n0\t0\t0\n1\t1\t0\n0\t0\t2\n",
+            r"toy.inter: line 4: duplicate pair userID 0 itemID 0 \(first seen on line 2\)",
+        ),
         ("userID\titemID\tx_label\n0\t0\t1\n0\t1\t2\n", r"toy.inter: the train split \(x_label 0\) is empty"),
         ("userID\titemID\tx_label\n", r"toy.inter: no interactions after the header"),
     ],
 )
-def test_malformed_interactions_are_reported_with_file_and_line(tmp_path: Path, inter: str, message: str) -> None:
+def test_malformed_interactions_are_reported_with_file_and_line(
+    tmp_path: Path, inter: str, message: str
+) -> None:
     with pytest.raises(DatasetError, match=message):
         load_dataset(_write(tmp_path / "toy", inter))
 
 
 def test_feature_rows_must_match_items(tmp_path: Path) -> None:
     d = _write(tmp_path / "toy", GOOD, {"image": np.ones((4, 2), np.float32)})
-    with pytest.raises(DatasetError, match=r"image_feat.npy: 4 feature rows but the interactions have 3 items"):
+    with pytest.raises(
+        DatasetError, match=r"image_feat.npy: 4 feature rows but the interactions have 3 items"
+    ):
         load_dataset(d)
 
 

@@ -66,7 +66,9 @@ POPULARITY = {
 @pytest.mark.parametrize("name", ["lastfm2k", "tiktok", "baby", "sports"])
 def test_popularity_reproduces_the_anchor_figures(name: str) -> None:
     directory = SHARED / name
-    assert directory.is_dir(), f"real dataset {directory} not found (set LD4MREC_DATASETS to the shared datasets directory)"
+    assert directory.is_dir(), (
+        f"real dataset {directory} not found (set LD4MREC_DATASETS to the shared datasets directory)"
+    )
     data = load_dataset(directory, modalities=[])
     popularity = torch.from_numpy(np.asarray(data.train.sum(axis=0)).ravel())
 
@@ -77,4 +79,6 @@ def test_popularity_reproduces_the_anchor_figures(name: str) -> None:
     for split in ("valid", "test"):
         result = evaluate(score, data.train, getattr(data, split), batch_size=4096)
         for key, expected in zip(keys, POPULARITY[(name, split)], strict=True):
-            assert abs(result[key] - expected) <= 1e-4 + 1e-9, f"{name} {split} {key}: {result[key]:.5f} vs {expected}"
+            assert abs(result[key] - expected) <= 1e-4 + 1e-9, (
+                f"{name} {split} {key}: {result[key]:.5f} vs {expected}"
+            )

@@ -44,11 +44,15 @@ def test_end_to_end_model_beats_popularity_by_a_wide_margin(tiny_artifact: Path,
 
     @torch.inference_mode()
     def score(users: np.ndarray) -> torch.Tensor:
-        return model.score(HistoryBatch.from_csr(art.train_histories[users], users, art.signals[users], torch.device("cpu")))
+        return model.score(
+            HistoryBatch.from_csr(art.train_histories[users], users, art.signals[users], torch.device("cpu"))
+        )
 
     popularity = torch.from_numpy(art.item_popularity)
     ours = evaluate(score, synthetic_data.train, synthetic_data.test)
-    pop = evaluate(lambda u: popularity[None, :].expand(len(u), -1), synthetic_data.train, synthetic_data.test)
+    pop = evaluate(
+        lambda u: popularity[None, :].expand(len(u), -1), synthetic_data.train, synthetic_data.test
+    )
     # The loaded artifact reproduces the trainer's own test metrics at the best-valid epoch ...
     assert ours["recall@20"] == pytest.approx(manifest["metrics"]["test"]["recall@20"], abs=1e-6)
     # ... and the model has learned far more than item popularity.
@@ -60,8 +64,24 @@ def test_end_to_end_model_beats_popularity_by_a_wide_margin(tiny_artifact: Path,
 
 def test_cli_trains_and_reports_dataset_errors(synthetic_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "cli-art"
-    args = ["--data", str(synthetic_dir), "--out", str(out), "--quiet", "--epochs", "2", "--hidden-dim", "32",
-            "--svd-rank", "8", "--batch-size", "64", "--no-use-pg", "--modalities", "text"]
+    args = [
+        "--data",
+        str(synthetic_dir),
+        "--out",
+        str(out),
+        "--quiet",
+        "--epochs",
+        "2",
+        "--hidden-dim",
+        "32",
+        "--svd-rank",
+        "8",
+        "--batch-size",
+        "64",
+        "--no-use-pg",
+        "--modalities",
+        "text",
+    ]
     assert train_cli(args) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["modality_order"] == ["text"]
