@@ -31,8 +31,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -48,6 +46,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from _machine import display_path, loadavg, machine_info, write_json
 from model.artifact import build_model, read_artifact
 from model.ld4mrec import HistoryBatch, LD4MRec
 from model.ranking import mask_items, top_k
@@ -373,60 +372,7 @@ def sparse_vs_dense(
     }
 
 
-# -- machine and output --------------------------------------------------------------------------------------
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _memory_gib() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return None
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    """Cores, memory, CPU model, GPU, torch version and threads, load average."""
-    info: dict[str, Any] = {
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "memory_gib": _memory_gib(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "loadavg_1_5_15_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-    return info
-
-
-def display_path(path: Path) -> str:
-    """``path`` relative to the working directory when it lies under it, else absolute."""
-    resolved = path.resolve()
-    return str(resolved.relative_to(Path.cwd())) if resolved.is_relative_to(Path.cwd()) else str(resolved)
-
-
-def write_json(payload: dict[str, Any], path: Path) -> None:
-    """Write atomically (``path.tmp``, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
+# -- output ----------------------------------------------------------------------------------------------
 def print_table(
     rows: Sequence[dict[str, Any]], variants: Sequence[str], log: Callable[[str], None] = print
 ) -> None:
@@ -580,7 +526,7 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) 
         "json": display_path(out),
     }
 
-    machine["loadavg_1_5_15_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    machine["loadavg_1_5_15_at_end"] = loadavg()
     payload = {
         "benchmark": "model_forward",
         "date": started.strftime("%Y-%m-%dT%H:%M:%SZ"),
