@@ -1,9 +1,13 @@
 """The FastAPI application: ``create_app(settings)`` and its lifespan.
 
 The lifespan creates the history store and the micro-batcher, then loads the artifact in a worker
-thread; until it is loaded ``/readyz`` and the model endpoints answer 503 (Retry-After). All state the
-routes use lives in one object, ``app.state.recommender`` (``None`` until loaded), whose ``engine`` can
-be swapped atomically.
+thread (:class:`~service.reloader.ModelReloader`); until it is loaded ``/readyz`` and the model endpoints
+answer 503 (Retry-After). All state the routes use lives in one object, ``app.state.recommender``
+(``None`` until loaded), whose ``engine`` a reload (``POST /admin/reload``, SIGHUP) swaps atomically.
+
+Shutdown (SIGTERM/SIGINT under uvicorn): uvicorn stops accepting connections and waits for the requests
+in flight; then the lifespan stops reloads, drains the batcher (everything queued is scored) and closes
+the history store (the Redis pool).
 """
 
 from __future__ import annotations
@@ -11,23 +15,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Callable
 
-import numpy as np
-import torch
 from fastapi import FastAPI
 
-from model.artifact import ArtifactError
 from service import __version__
 from service.batcher import MicroBatcher
-from service.engine import Engine, ScoringRequest
 from service.errors import install_exception_handlers
 from service.history_store import HistoryStore, InMemoryHistoryStore, RedisHistoryStore
 from service.metrics import ServiceMetrics
-from service.middleware import HTTPMetricsMiddleware
-from service.recommender import Recommender
-from service.routes import health, interactions, model, recommend
-from service.settings import Settings, resolve_device
+from service.middleware import BodySizeLimitMiddleware, HTTPMetricsMiddleware, RequestTimeoutMiddleware
+from service.reloader import ModelReloader
+from service.routes import admin, health, interactions, model, recommend
+from service.settings import Settings
 
 __all__ = ["create_app", "create_store"]
 
@@ -39,6 +40,10 @@ Recommendations from an LD4MRec artifact with single-step, forward-free inferenc
 `GET /recommend/{user_id}` ranks the catalogue for the user's current history: the history stored by
 `POST /users/{user_id}/interactions` (Redis or in-process), else the training history. Concurrent
 requests share batched forward passes. Errors are JSON `{"detail": ...}`.
+
+When the server has an API key (`LD4MREC_API_KEY`), writes and `/admin/*` need it, as
+`Authorization: Bearer <key>` or `X-API-Key: <key>` (401 missing, 403 wrong); reads need it only with
+`LD4MREC_PROTECT_READS=true`. `/healthz`, `/readyz` and `/metrics` are always open.
 """
 
 
@@ -55,56 +60,54 @@ def create_store(settings: Settings, metrics: ServiceMetrics) -> HistoryStore:
             retries=settings.redis_retries,
             backoff_s=settings.redis_backoff_s,
         )
-    return InMemoryHistoryStore()
+    return InMemoryHistoryStore(max_users=settings.memory_max_users)
 
 
-def _load_engine(settings: Settings) -> Engine:
-    """Read the artifact, build the model and run one warm-up pass (worker thread)."""
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    engine = Engine.load(settings.artifact, resolve_device(settings.device))
-    engine.score([ScoringRequest(-1, np.zeros(0, dtype=np.int64), None, 1)])
-    return engine
-
-
-async def _load_model(app: FastAPI, store: HistoryStore, batcher: MicroBatcher) -> None:
-    settings: Settings = app.state.settings
-    metrics: ServiceMetrics = app.state.metrics
+def _install_sighup(reloader: ModelReloader) -> Callable[[], object]:
+    """SIGHUP reloads the configured artifact; returns the undo. Only possible on the main thread's loop
+    (uvicorn's); under a TestClient (another thread) there is no SIGHUP handler."""
+    loop = asyncio.get_running_loop()
     try:
-        engine = await asyncio.to_thread(_load_engine, settings)
-    except ArtifactError as exc:
-        app.state.load_error = f"artifact refused: {exc}"
-        log.error("cannot serve: the artifact is refused: %s", exc)
-        return
-    except Exception as exc:
-        app.state.load_error = f"model could not be loaded: {type(exc).__name__}: {exc}"
-        log.exception("cannot serve: loading %s failed", settings.artifact)
-        return
-    metrics.set_model(engine.model_version, engine.dataset)
-    app.state.recommender = Recommender(engine, store, batcher, metrics, settings)
-    log.info("ready: model %s, history store %s", engine.model_version, store.backend)
+        loop.add_signal_handler(signal.SIGHUP, reloader.reload_in_background)
+    except (ValueError, RuntimeError, NotImplementedError, AttributeError):
+        log.debug("no SIGHUP handler: not on the main thread's event loop")
+        return lambda: None
+    return lambda: loop.remove_signal_handler(signal.SIGHUP)
 
 
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    store = create_store(settings, app.state.metrics)
-    batcher = MicroBatcher(settings.max_batch, settings.max_wait_s, app.state.metrics)
+    metrics: ServiceMetrics = app.state.metrics
+    if settings.api_key is None:
+        log.warning("LD4MREC_API_KEY is not set: writes and /admin/reload are open to every client")
+    store = create_store(settings, metrics)
+    batcher = MicroBatcher(settings.max_batch, settings.max_wait_s, metrics, max_queue=settings.max_queue)
     batcher.start()
-    loader = asyncio.create_task(_load_model(app, store, batcher), name="ld4mrec-load-model")
+    reloader = ModelReloader(app.state, settings, store, batcher, metrics)
+    app.state.reloader = reloader
+    reloader.start(on_failure=app.state.on_load_failure)
+    remove_sighup = _install_sighup(reloader)
     try:
         yield
     finally:
-        loader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loader
+        remove_sighup()
+        log.info("shutting down: in-flight requests are done; draining the scoring queue")
+        await reloader.close()
+        drained = await batcher.stop(timeout_s=settings.shutdown_timeout_s)
         app.state.recommender = None
-        await batcher.stop()
         await store.close()
+        log.info("shutdown complete: %d queued scoring requests drained, history store closed", drained)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The service app; the model is loaded by its lifespan (run it under uvicorn or a TestClient)."""
+def create_app(
+    settings: Settings | None = None, on_load_failure: Callable[[str], None] | None = None
+) -> FastAPI:
+    """The service app; the model is loaded by its lifespan (run it under uvicorn or a TestClient).
+
+    ``on_load_failure(message)`` is called when the start-up artifact is refused (the CLI stops the
+    server then); without it the app keeps running with ``/readyz`` = ``failed``.
+    """
     settings = settings if settings is not None else Settings()
     app = FastAPI(
         title="LD4MRec recommendation service",
@@ -116,8 +119,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = ServiceMetrics()
     app.state.recommender = None
     app.state.load_error = None
+    app.state.reloader = None
+    app.state.on_load_failure = on_load_failure
     install_exception_handlers(app, settings.retry_after_s)
+    # added innermost first: metrics -> timeout -> body limit -> routes
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        RequestTimeoutMiddleware,
+        timeout_s=settings.request_timeout_s,
+        retry_after_s=settings.retry_after_s,
+        exempt_prefixes=("/admin/",),
+    )
     app.add_middleware(HTTPMetricsMiddleware, metrics=app.state.metrics)
-    for module in (recommend, interactions, model, health):
+    for module in (recommend, interactions, model, admin, health):
         app.include_router(module.router)
     return app

@@ -1,11 +1,20 @@
-"""``ld4mrec-serve``: serve an artifact over HTTP with uvicorn (flags override ``LD4MREC_*`` settings)."""
+"""``ld4mrec-serve``: serve an artifact over HTTP with uvicorn (flags override ``LD4MREC_*`` settings).
+
+Exit codes: 0 after a graceful shutdown (SIGTERM / SIGINT), 1 when the artifact is refused at start-up
+(the message on stderr names the file) or the server cannot start (e.g. the port is taken), 2 for bad
+settings or no artifact at all.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import math
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
@@ -14,6 +23,8 @@ from service.app import create_app
 from service.settings import Settings
 
 __all__ = ["build_parser", "main"]
+
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _ignore_after_shutdown(signum: int, frame: FrameType | None) -> None:
+    """uvicorn re-raises SIGTERM once its graceful shutdown is complete; by then there is nothing left to
+    do, so the process exits 0 instead of dying of the signal."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {"artifact": args.artifact} if args.artifact is not None else {}
@@ -54,14 +70,33 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(
-        create_app(settings),
+    refused: list[str] = []
+
+    def refuse(message: str) -> None:
+        """The start-up artifact is refused: say why on stderr and stop the server (exit code 1)."""
+        refused.append(message)
+        print(f"ld4mrec-serve: error: {message}", file=sys.stderr, flush=True)
+        server.should_exit = True
+
+    config = uvicorn.Config(
+        create_app(settings, on_load_failure=refuse),
         host=args.host,
         port=args.port,
         log_level=args.log_level,
         access_log=not args.no_access_log,
+        timeout_graceful_shutdown=int(math.ceil(settings.shutdown_timeout_s)),
     )
-    return 0
+    server = uvicorn.Server(config)
+    if settings.api_key is None and args.host not in LOOPBACK_HOSTS:
+        logging.getLogger("ld4mrec.service").warning(
+            "listening on %s without LD4MREC_API_KEY: anyone who reaches this port can write histories "
+            "and reload the model",
+            args.host,
+        )
+    signal.signal(signal.SIGTERM, _ignore_after_shutdown)
+    with contextlib.suppress(KeyboardInterrupt):  # SIGINT is re-raised after the graceful shutdown
+        server.run()  # a port already taken exits 1 (SystemExit from uvicorn)
+    return 1 if refused else 0
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Domain errors of the service and the handlers that turn every error into JSON ``{"detail": ...}``.
 
 Validation errors are 422 with FastAPI's list of ``{"loc", "msg", "type"}`` entries (``loc`` names the
-field); a missing user is 404; an unreachable history store or a model still loading is 503 with
-``Retry-After``; anything unexpected is logged with its traceback and answered 500 without one.
+field; a refused reload artifact is one too, naming the file); a missing user is 404; a reload while
+another runs is 409; an unreachable history store, a model still loading or a full scoring queue is 503
+with ``Retry-After``; anything unexpected is logged with its traceback and answered 500 without one.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.batcher import BatcherClosedError
+from service.batcher import BatcherClosedError, BatcherOverloadedError
 from service.history_store import StoreUnavailableError
 
 __all__ = [
+    "ArtifactRefusedError",
     "FieldError",
+    "ReloadInProgressError",
     "ServiceNotReadyError",
     "UnknownItemsError",
     "UnknownUserError",
@@ -58,6 +61,17 @@ class UnknownItemsError(FieldError):
             loc, f"unknown item ids (not in the model's catalogue): {_quote(item_ids)}", "unknown_item"
         )
         self.item_ids = list(item_ids)
+
+
+class ArtifactRefusedError(FieldError):
+    """A reload's artifact was refused (answered 422; the message names the file; the old model stays)."""
+
+    def __init__(self, loc: Sequence[str | int], message: str) -> None:
+        super().__init__(loc, message, "artifact_refused")
+
+
+class ReloadInProgressError(RuntimeError):
+    """Another model (re)load is running (answered 409)."""
 
 
 class UnknownUserError(LookupError):
@@ -107,6 +121,13 @@ def install_exception_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def not_ready(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=503, content={"detail": str(exc)}, headers=retry_after)
 
+    async def overloaded(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("load shed: %s", exc)
+        return JSONResponse(status_code=503, content={"detail": f"{exc}; retry"}, headers=retry_after)
+
+    async def conflict(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=409, content={"detail": str(exc)})
+
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail}, headers=exc.headers)
@@ -121,5 +142,7 @@ def install_exception_handlers(app: FastAPI, retry_after_s: int) -> None:
     app.add_exception_handler(StoreUnavailableError, store_unavailable)
     app.add_exception_handler(ServiceNotReadyError, not_ready)
     app.add_exception_handler(BatcherClosedError, not_ready)
+    app.add_exception_handler(BatcherOverloadedError, overloaded)
+    app.add_exception_handler(ReloadInProgressError, conflict)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
@@ -39,6 +41,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 SeedFn = Callable[[], Sequence[str]]
 """Returns the artifact history (external item ids) that seeds a user's first stored history."""
@@ -123,13 +127,28 @@ class _Entry:
 class InMemoryHistoryStore:
     """Histories in this process's memory (the embedded default; lost on restart, not shared by replicas).
 
-    Every method runs without an ``await`` between read and write, so it is atomic on the event loop.
+    Bounded: at most ``max_users`` users are kept; beyond that the least recently used one (read or
+    written) is dropped, so memory stays bounded however many users write. Every method runs without an
+    ``await`` between read and write, so it is atomic on the event loop.
     """
 
     backend = "memory"
 
-    def __init__(self) -> None:
-        self._entries: dict[str, _Entry] = {}
+    def __init__(self, max_users: int = 100_000) -> None:
+        if max_users < 1:
+            raise ValueError(f"max_users must be >= 1, got {max_users}")
+        self.max_users = max_users
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _lookup(self, user_id: str) -> _Entry | None:
+        entry = self._entries.get(user_id)
+        if entry is not None:
+            self._entries.move_to_end(user_id)
+        return entry
 
     def _snapshot(self, entry: _Entry | None, model_version: str) -> StoredHistory | None:
         if entry is None:
@@ -138,15 +157,15 @@ class InMemoryHistoryStore:
         return StoredHistory(tuple(entry.items), entry.version, entry.foldin if valid else None)
 
     async def get(self, user_id: str, model_version: str) -> StoredHistory | None:
-        return self._snapshot(self._entries.get(user_id), model_version)
+        return self._snapshot(self._lookup(user_id), model_version)
 
     async def get_many(self, user_ids: Sequence[str], model_version: str) -> list[StoredHistory | None]:
-        return [self._snapshot(self._entries.get(u), model_version) for u in user_ids]
+        return [self._snapshot(self._lookup(u), model_version) for u in user_ids]
 
     async def append(
         self, user_id: str, item_ids: Sequence[str], seed: SeedFn | None, max_len: int
     ) -> AppendResult:
-        entry = self._entries.get(user_id)
+        entry = self._lookup(user_id)
         created = entry is None
         if entry is None:
             entry = _Entry(items=dict.fromkeys(seed() if seed is not None else ()))
@@ -160,6 +179,15 @@ class InMemoryHistoryStore:
         entry.version += 1
         entry.foldin_key = entry.foldin = None
         self._entries[user_id] = entry
+        while len(self._entries) > self.max_users:
+            self._entries.popitem(last=False)
+            if self.evicted == 0:
+                log.warning(
+                    "in-process history store full (%d users, MEMORY_MAX_USERS): dropping the least "
+                    "recently used users; set REDIS_URL to keep every history",
+                    self.max_users,
+                )
+            self.evicted += 1
         return AppendResult(entry.version, added, len(entry.items), created)
 
     async def put_foldin(self, user_id: str, version: int, model_version: str, signals: bytes) -> None:
@@ -251,9 +279,11 @@ class RedisHistoryStore:
         max_connections: int = 64,
         retries: int = 1,
         backoff_s: float = 0.5,
+        client_name: str = "ld4mrec-service",
     ) -> None:
         self._pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            client_name=client_name,
             max_connections=max_connections,
             timeout=connect_timeout_s,
             socket_timeout=timeout_s,
@@ -335,5 +365,7 @@ class RedisHistoryStore:
             return False
 
     async def close(self) -> None:
+        """Close the client and every pooled connection (at shutdown)."""
         await self._redis.aclose()
         await self._pool.aclose()
+        log.info("redis connection pool closed")

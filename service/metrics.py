@@ -66,6 +66,8 @@ class ServiceMetrics:
         self.model_reloads = Counter(
             "ld4mrec_model_reloads_total", "model reloads by result", ("result",), registry=r
         )
+        for result in ("success", "failure"):  # both series exist (at 0) before the first reload
+            self.model_reloads.labels(result=result)
 
     def set_model(self, model_version: str, dataset: str) -> None:
         """Make ``(model_version, dataset)`` the only series of ``ld4mrec_model_info``."""

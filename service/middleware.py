@@ -1,14 +1,50 @@
-"""ASGI middleware recording the HTTP metrics (duration, count, in-flight) by route template."""
+"""ASGI middleware: HTTP metrics by route template, the request-body size limit, the request timeout.
+
+Order (outermost first): metrics -> timeout -> body limit -> the app, so 413s and timeouts are counted
+and a slowly sent body counts against the timeout.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import time
 
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics import ServiceMetrics
 
-__all__ = ["HTTPMetricsMiddleware"]
+__all__ = ["BodySizeLimitMiddleware", "HTTPMetricsMiddleware", "RequestTimeoutMiddleware"]
+
+log = logging.getLogger(__name__)
+
+
+async def send_json(send: Send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+    """Answer ``{"detail": detail}`` with ``status`` straight from a middleware."""
+    body = json.dumps({"detail": detail}).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def route_template(scope: Scope) -> str:
+    """The route template of a request (``/recommend/{user_id}``); ``unmatched`` for unknown paths.
+
+    Requests answered before routing (a 413) are matched against the app's routes here."""
+    route = scope.get("route")
+    if route is not None:
+        return str(getattr(route, "path", "unmatched"))
+    app = scope.get("app")
+    for candidate in getattr(getattr(app, "router", None), "routes", ()):
+        match, _ = candidate.matches(scope)
+        if match is Match.FULL:
+            return str(getattr(candidate, "path", "unmatched"))
+    return "unmatched"
+
 
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
 
@@ -41,9 +77,107 @@ class HTTPMetricsMiddleware:
             status = 500
             raise
         finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = route_template(scope)
             method = scope["method"] if scope["method"] in _METHODS else "other"
             labels = {"route": route, "method": method, "status_class": f"{status // 100}xx"}
             metrics.http_duration.labels(**labels).observe(time.perf_counter() - started)
             metrics.http_requests.labels(**labels).inc()
             metrics.http_in_flight.dec()
+
+
+class BodyTooLargeError(HTTPException):
+    """The request body exceeds MAX_BODY_BYTES (413)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body larger than {limit} bytes (MAX_BODY_BYTES)")
+
+
+class BodySizeLimitMiddleware:
+    """413 for bodies over ``max_bytes``: at once from ``Content-Length``, else while the body streams in
+    (a chunked body is cut off as soon as it passes the limit; it is never read whole)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_bytes
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_large = int(value) > limit
+                except ValueError:
+                    too_large = False  # the server refuses a malformed Content-Length itself
+                if too_large:
+                    await send_json(send, 413, BodyTooLargeError(limit).detail, {"Connection": "close"})
+                    return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLargeError(limit)  # FastAPI passes HTTPExceptions from body reading on
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLargeError as exc:
+            if started:
+                raise
+            await send_json(send, 413, exc.detail, {"Connection": "close"})
+
+
+class RequestTimeoutMiddleware:
+    """A request not answered within ``timeout_s`` is cancelled and answered 503 + Retry-After (never a
+    500). Paths starting with one of ``exempt_prefixes`` (the admin routes: a reload may take long) are
+    not timed."""
+
+    def __init__(
+        self, app: ASGIApp, timeout_s: float, retry_after_s: int, exempt_prefixes: tuple[str, ...] = ()
+    ) -> None:
+        self.app = app
+        self.timeout_s = timeout_s
+        self.retry_after_s = retry_after_s
+        self.exempt_prefixes = exempt_prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or str(scope.get("path", "")).startswith(self.exempt_prefixes):
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        timeout = asyncio.timeout(self.timeout_s)
+        try:
+            async with timeout:
+                await self.app(scope, receive, tracking_send)
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            log.warning(
+                "%s %s timed out after %.1f s", scope.get("method"), scope.get("path"), self.timeout_s
+            )
+            if started:
+                return  # the answer was already under way: nothing more can be sent
+            await send_json(
+                send,
+                503,
+                f"the request timed out after {self.timeout_s:g} s (REQUEST_TIMEOUT_S); retry",
+                {"Retry-After": str(self.retry_after_s)},
+            )

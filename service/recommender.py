@@ -9,7 +9,6 @@ unreachable, reads fall back to the artifact's histories (``history_source: "art
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -140,7 +139,7 @@ class Recommender:
             requests.append(self._request(user_index, history, signals, ranking))
             sources.append(source)
 
-        results = await asyncio.gather(*(self.batcher.submit(engine, r) for r in requests))
+        results = await self.batcher.submit_many(engine, requests)
         await self._cache_foldins(engine, user_ids, stored, results)
         return [
             self._response(engine, user_id, result, source, cold_start=user_index < 0)
@@ -150,7 +149,12 @@ class Recommender:
     async def for_history(self, history_ids: Sequence[str], options: RankOptions) -> RecommendResponse:
         """Top-k for a history given in the request (cold start; always fold-in, never cached)."""
         engine = self.engine
-        self.check_ids(("body", "history"), history_ids)
+        limit = self.settings.max_history
+        if len(history_ids) > limit:
+            got = len(history_ids)
+            raise FieldError(
+                ("body", "history"), f"at most {limit} items per history (MAX_HISTORY), got {got}"
+            )
         ranking = self._ranking(engine, options)
         history, unknown = engine.item_indices(history_ids)
         if unknown:

@@ -17,6 +17,8 @@ __all__ = [
     "InteractionsResponse",
     "ModelResponse",
     "ReadinessResponse",
+    "ReloadRequest",
+    "ReloadResponse",
     "RecommendResponse",
     "RecommendedItem",
     "UserId",
@@ -119,3 +121,23 @@ class ModelResponse(BaseModel):
     )
     device: str
     hyperparameters: dict[str, Any]
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    artifact: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="artifact directory to load (absolute, or relative to ARTIFACT_ROOT, under which it "
+        "must lie); default: the configured directory (ARTIFACT) read again",
+    )
+
+
+class ReloadResponse(BaseModel):
+    status: Literal["reloaded"]
+    previous_model_version: str | None = Field(description="the model served before; null if none was")
+    model_version: str = Field(description="the model served now (also in every later response)")
+    artifact: str = Field(description="the directory that was loaded")
+    seconds: float = Field(description="time to read, verify, build and warm up the new model")

@@ -45,16 +45,41 @@ class Settings(BaseSettings):
     max_ids: Annotated[
         int,
         Field(
-            ge=1, le=100_000, description="most ids in one list (interactions, history, exclude, candidates)"
+            ge=1, le=100_000, description="most ids in one list (item_ids of a write, exclude, candidates)"
         ),
     ] = 1000
     max_batch_users: Annotated[int, Field(ge=1, le=10_000, description="most users in one batch call")] = 256
     max_history: Annotated[
-        int, Field(ge=1, le=1_000_000, description="most items kept in a stored history (oldest dropped)")
+        int,
+        Field(
+            ge=1,
+            le=1_000_000,
+            description="most items in a history: a stored one keeps the newest, a longer POST /recommend "
+            "history is 422",
+        ),
     ] = 2000
+    max_body_bytes: Annotated[
+        int, Field(ge=1024, le=1 << 30, description="largest request body (bytes); larger ones are 413")
+    ] = 1 << 20
+    request_timeout_s: Annotated[
+        float,
+        Field(gt=0.0, le=600.0, description="a request not answered by then gets 503 (admin routes exempt)"),
+    ] = 10.0
+    max_queue: Annotated[
+        int,
+        Field(ge=1, le=1_000_000, description="scoring requests waiting for a pass, at most; more are 503"),
+    ] = 4096
 
     # -- history store --------------------------------------------------------------------------------------
     redis_url: Annotated[str | None, Field(description="Redis URL; unset = in-process history store")] = None
+    memory_max_users: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=100_000_000,
+            description="users kept by the in-process history store (least recently used dropped)",
+        ),
+    ] = 100_000
     redis_prefix: Annotated[str, Field(description="namespace of every Redis key the service writes")] = (
         "ld4mrec:"
     )
@@ -74,8 +99,25 @@ class Settings(BaseSettings):
 
     # -- auth -----------------------------------------------------------------------------------------------
     api_key: Annotated[
-        SecretStr | None, Field(description="when set, all but /healthz, /readyz, /metrics need X-API-Key")
+        SecretStr | None,
+        Field(description="when set, writes and /admin/* need it (Authorization: Bearer or X-API-Key)"),
     ] = None
+    protect_reads: Annotated[
+        bool, Field(description="with API_KEY set, the read endpoints (recommend, /model) need it too")
+    ] = False
+
+    # -- reload and shutdown --------------------------------------------------------------------------------
+    artifact_root: Annotated[
+        Path | None,
+        Field(
+            description="POST /admin/reload may only read directories under this one (default: the "
+            "directory that holds ARTIFACT)"
+        ),
+    ] = None
+    shutdown_timeout_s: Annotated[
+        float,
+        Field(gt=0.0, le=3600.0, description="on SIGTERM, wait this long for in-flight requests, at most"),
+    ] = 30.0
 
     @field_validator("device")
     @classmethod
@@ -93,9 +135,20 @@ class Settings(BaseSettings):
     def _blank_is_unset(cls, value: str | None) -> str | None:
         return value.strip() or None if value is not None else None
 
+    @field_validator("api_key")
+    @classmethod
+    def _blank_key_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value().strip() else None
+
     @property
     def max_wait_s(self) -> float:
         return self.max_wait_ms / 1000.0
+
+    @property
+    def reload_root(self) -> Path:
+        """The directory ``POST /admin/reload`` may read artifacts from (resolved)."""
+        root = self.artifact_root if self.artifact_root is not None else self.artifact.absolute().parent
+        return root.resolve()
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,5 +1,5 @@
 """HTTP routes; each module holds one ``router``. Routes stay thin: parse, call the recommender, answer."""
 
-from service.routes import health, interactions, model, recommend
+from service.routes import admin, health, interactions, model, recommend
 
-__all__ = ["health", "interactions", "model", "recommend"]
+__all__ = ["admin", "health", "interactions", "model", "recommend"]

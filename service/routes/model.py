@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from service.dependencies import RecommenderDep, require_api_key
+from service.dependencies import RecommenderDep, require_read_key
 from service.routes.recommend import ERRORS
 from service.schemas import ModelResponse
 
-router = APIRouter(tags=["model"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["model"], dependencies=[Depends(require_read_key)])
 
 
 @router.get("/model", response_model=ModelResponse, responses=ERRORS, summary="The loaded model")

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from service.dependencies import RecommenderDep, require_api_key
+from service.dependencies import RecommenderDep, require_read_key
 from service.recommender import RankOptions
 from service.schemas import (
     ID_MAX_LENGTH,
@@ -16,12 +16,20 @@ from service.schemas import (
     RecommendResponse,
 )
 
-router = APIRouter(tags=["recommend"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["recommend"], dependencies=[Depends(require_read_key)])
 
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "the API key is required and missing (Authorization: Bearer, or X-API-Key)"},
+    403: {"description": "the API key is wrong"},
+}
 ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "API_KEY is set and X-API-Key is missing or wrong"},
+    **AUTH_ERRORS,
+    413: {"description": "the request body is larger than MAX_BODY_BYTES"},
     422: {"description": "a parameter is invalid; `detail[].loc` names it"},
-    503: {"description": "the model is loading, or the history store is unreachable (Retry-After)"},
+    503: {
+        "description": "the model is loading, the history store is unreachable, the service is overloaded "
+        "or the request timed out (Retry-After)"
+    },
 }
 IdList = Annotated[
     list[str] | None,

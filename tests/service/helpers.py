@@ -4,10 +4,17 @@ ranking computed straight from the model (no service code)."""
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +24,7 @@ import pytest
 import redis
 import scipy.sparse as sp
 import torch
+import uvicorn
 from fastapi.testclient import TestClient
 
 from model.artifact import Artifact, build_model
@@ -33,9 +41,13 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A throw-away ``redis-server`` on loopback (no persistence) that a test may stop and restart."""
+    """A throw-away ``redis-server`` on loopback that a test may stop and restart.
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    No persistence by default; ``durable=True`` keeps an append-only file fsynced on every write in
+    ``workdir``, so a killed and restarted server still has every write it acknowledged.
+    """
+
+    def __init__(self, workdir: Path, port: int | None = None, durable: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail(
@@ -44,6 +56,7 @@ class RedisServer:
         self.binary = binary
         self.workdir = workdir
         self.port = port or free_port()
+        self.durable = durable
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -60,8 +73,13 @@ class RedisServer:
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                "--dir",
+                str(self.workdir),
+                *(
+                    ("--appendonly", "yes", "--appendfsync", "always")
+                    if self.durable
+                    else ("--appendonly", "no")
+                ),
             ],
             cwd=self.workdir,
             stdout=subprocess.DEVNULL,
@@ -80,10 +98,14 @@ class RedisServer:
         client.close()
 
     def stop(self) -> None:
+        """SIGKILL: the server gets no chance to save or say goodbye."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
         self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2, socket_connect_timeout=2)
 
 
 def wait_ready(client: TestClient, timeout_s: float = 30.0) -> None:
@@ -103,6 +125,131 @@ def running_client(settings: Settings, **client_kwargs: Any) -> Iterator[TestCli
     with TestClient(create_app(settings), **client_kwargs) as client:
         wait_ready(client)
         yield client
+
+
+def copy_artifact(
+    src: Path,
+    dst: Path,
+    *,
+    model_version: str | None = None,
+    flip_byte_of: str | None = None,
+    remove: str | None = None,
+) -> Path:
+    """A copy of an artifact, optionally with another ``model_version`` in its manifest, one byte of a
+    file flipped (after its header) or a file removed."""
+    shutil.copytree(src, dst)
+    if model_version is not None:
+        manifest = json.loads((dst / "manifest.json").read_text())
+        manifest["model_version"] = model_version
+        (dst / "manifest.json").write_text(json.dumps(manifest))
+    if flip_byte_of is not None:
+        data = bytearray((dst / flip_byte_of).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (dst / flip_byte_of).write_bytes(bytes(data))
+    if remove is not None:
+        (dst / remove).unlink()
+    return dst
+
+
+@contextlib.contextmanager
+def serve_in_thread(settings: Settings) -> Iterator[str]:
+    """The app under a real uvicorn server in a thread of this process (loopback, free port), once it is
+    ready; yields the base URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http_ready(base, lambda: thread.is_alive(), 60)
+        yield base
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+def http_json(url: str, method: str = "GET", body: Any = None, timeout: float = 10) -> tuple[int, Any]:
+    """(status, JSON body) of one request (urllib: no client pool)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        request.add_header("content-type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def wait_http_ready(base: str, alive: Any, timeout_s: float) -> None:
+    """Poll ``/readyz`` until 200; fail when ``alive()`` turns false or after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert alive(), "the server stopped before it was ready"
+        try:
+            status, body = http_json(f"{base}/readyz", timeout=2)
+            if status == 200:
+                return
+            assert body.get("status") != "failed", body
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        assert time.monotonic() < deadline, "the server never became ready"
+        time.sleep(0.05)
+
+
+class ServiceProcess:
+    """``python -m service`` in a subprocess on a free loopback port, its output in ``log_path``."""
+
+    def __init__(self, artifact: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("LD4MREC_")}
+        self.env = clean | {"LD4MREC_DEVICE": "cpu", "LD4MREC_TORCH_THREADS": "1"} | (env or {})
+        self.args = [
+            sys.executable,
+            "-m",
+            "service",
+            "--artifact",
+            str(artifact),
+            "--port",
+            str(self.port),
+            "--no-access-log",
+        ]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> ServiceProcess:
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        if wait:
+            wait_http_ready(self.base, lambda: self.proc is not None and self.proc.poll() is None, 90)
+        return self
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it does not exit within 20 s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
 
 
 # -- the offline reference: the model alone, as the evaluator uses it -------------------------------------

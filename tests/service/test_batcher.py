@@ -10,7 +10,7 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-from service.batcher import BatcherClosedError, MicroBatcher
+from service.batcher import BatcherClosedError, BatcherOverloadedError, MicroBatcher
 from service.engine import Engine, ScoredItems, ScoringRequest
 from service.metrics import ServiceMetrics
 
@@ -156,3 +156,45 @@ def test_submit_before_start_is_refused() -> None:
 
     with pytest.raises(BatcherClosedError):
         asyncio.run(main())
+
+
+def test_stop_drains_what_is_queued_and_refuses_new_requests() -> None:
+    async def main() -> tuple[list[Any], int, Any]:
+        batcher = MicroBatcher(max_batch=4, max_wait_s=0.5, metrics=ServiceMetrics())
+        batcher.start()
+        engine = RecordingEngine()
+        queued = [asyncio.ensure_future(batcher.submit(cast(Engine, engine), request(i))) for i in range(10)]
+        await asyncio.sleep(0)  # all ten are queued; the first batch waits up to 0.5 s for company
+        drained = await batcher.stop()
+        late = await asyncio.gather(batcher.submit(cast(Engine, engine), request(99)), return_exceptions=True)
+        return await asyncio.gather(*queued), drained, late[0]
+
+    results, drained, late = asyncio.run(main())
+    assert [r.items.tolist() for r in results] == [[i] for i in range(10)]  # every queued one was scored
+    assert 1 <= drained <= 10  # those still in the queue (the loop may hold the first batch already)
+    assert isinstance(late, BatcherClosedError)
+
+
+def test_a_full_queue_refuses_all_or_nothing() -> None:
+    gate = threading.Event()
+
+    async def main() -> tuple[Any, Any, RecordingEngine]:
+        batcher = MicroBatcher(max_batch=1, max_wait_s=0.0, metrics=ServiceMetrics(), max_queue=3)
+        batcher.start()
+        engine = RecordingEngine(gate=gate)
+        busy = asyncio.ensure_future(batcher.submit(cast(Engine, engine), request(0)))
+        await asyncio.sleep(0.05)  # the first pass blocks in the worker; the queue is empty again
+        waiting = asyncio.ensure_future(batcher.submit_many(cast(Engine, engine), [request(1), request(2)]))
+        await asyncio.sleep(0)
+        refused = await asyncio.gather(
+            batcher.submit_many(cast(Engine, engine), [request(3), request(4)]), return_exceptions=True
+        )
+        gate.set()
+        done = await asyncio.gather(busy, waiting)
+        await batcher.stop()
+        return refused[0], done, engine
+
+    refused, done, engine = asyncio.run(main())
+    assert isinstance(refused, BatcherOverloadedError) and "MAX_QUEUE 3" in str(refused)
+    assert 3 not in engine.seen and 4 not in engine.seen  # none of the refused rows was queued
+    assert done[0].items.tolist() == [0] and [r.items.tolist() for r in done[1]] == [[1], [2]]

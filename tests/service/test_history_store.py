@@ -148,3 +148,17 @@ def test_a_server_that_never_answers_times_out_instead_of_hanging() -> None:
 
         error = asyncio.run(main())
     assert "Timeout" in error.reason
+
+
+def test_the_in_process_store_keeps_the_most_recently_used_users() -> None:
+    async def main() -> tuple[list[bool], int]:
+        store = InMemoryHistoryStore(max_users=2)
+        await store.append("a", ["1"], None, 10)
+        await store.append("b", ["1"], None, 10)
+        await store.get("a", "v")  # a is now more recent than b
+        await store.append("c", ["1"], None, 10)  # b is dropped
+        present = [await store.get(u, "v") is not None for u in ("a", "b", "c")]
+        return present, store.evicted
+
+    present, evicted = asyncio.run(main())
+    assert present == [True, False, True] and evicted == 1

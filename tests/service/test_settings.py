@@ -66,3 +66,17 @@ def test_auto_device_is_cuda_only_when_available() -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_reload_root_defaults_to_the_directory_holding_the_artifact(tmp_path: Path) -> None:
+    assert Settings(artifact=tmp_path / "current").reload_root == tmp_path.resolve()
+    assert Settings(artifact=tmp_path / "a", artifact_root=tmp_path / "b").reload_root == (tmp_path / "b")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("MAX_BODY_BYTES", "10"), ("REQUEST_TIMEOUT_S", "0"), ("MAX_QUEUE", "0")]
+)
+def test_limits_are_validated(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(f"LD4MREC_{name}", value)
+    with pytest.raises(ValidationError, match=name.lower()):
+        Settings()
