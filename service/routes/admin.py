@@ -6,11 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends
 
-from service.dependencies import ReloaderDep, require_api_key
+from service.auth import WriteKeyRoute, document_api_key
+from service.dependencies import ReloaderDep
 from service.routes.recommend import AUTH_ERRORS
 from service.schemas import ReloadRequest, ReloadResponse
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Depends(require_api_key)])
+router = APIRouter(
+    prefix="/admin", tags=["admin"], route_class=WriteKeyRoute, dependencies=[Depends(document_api_key)]
+)
 
 
 @router.post(

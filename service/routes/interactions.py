@@ -6,11 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
 
-from service.dependencies import RecommenderDep, require_api_key
+from service.auth import WriteKeyRoute, document_api_key
+from service.dependencies import RecommenderDep
 from service.routes.recommend import ERRORS
 from service.schemas import ID_MAX_LENGTH, InteractionsRequest, InteractionsResponse
 
-router = APIRouter(tags=["interactions"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["interactions"], route_class=WriteKeyRoute, dependencies=[Depends(document_api_key)])
 
 
 @router.post(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from service.dependencies import RecommenderDep, require_read_key
+from service.auth import ReadKeyRoute, document_api_key
+from service.dependencies import RecommenderDep
 from service.routes.recommend import ERRORS
 from service.schemas import ModelResponse
 
-router = APIRouter(tags=["model"], dependencies=[Depends(require_read_key)])
+router = APIRouter(tags=["model"], route_class=ReadKeyRoute, dependencies=[Depends(document_api_key)])
 
 
 @router.get("/model", response_model=ModelResponse, responses=ERRORS, summary="The loaded model")

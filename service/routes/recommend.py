@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
 
-from service.dependencies import RecommenderDep, require_read_key
+from service.auth import ReadKeyRoute, document_api_key
+from service.dependencies import RecommenderDep
 from service.recommender import RankOptions
 from service.schemas import (
     ID_MAX_LENGTH,
@@ -16,7 +17,7 @@ from service.schemas import (
     RecommendResponse,
 )
 
-router = APIRouter(tags=["recommend"], dependencies=[Depends(require_read_key)])
+router = APIRouter(tags=["recommend"], route_class=ReadKeyRoute, dependencies=[Depends(document_api_key)])
 
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "the API key is required and missing (Authorization: Bearer, or X-API-Key)"},

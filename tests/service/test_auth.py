@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-import service.dependencies
+import service.auth
 from service.settings import Settings
 from tests.service.helpers import running_client
 
@@ -89,7 +89,7 @@ def test_keys_are_compared_in_constant_time(keyed: TestClient, monkeypatch: pyte
         compared.append((a, b))
         return original(a, b)
 
-    monkeypatch.setattr(service.dependencies.hmac, "compare_digest", spy)
+    monkeypatch.setattr(service.auth.hmac, "compare_digest", spy)
     assert call(keyed, WRITE, {"X-API-Key": "nope"}).status_code == 403
     assert compared == [(b"nope", KEY.encode())]
 
