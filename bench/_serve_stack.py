@@ -1,0 +1,205 @@
+"""The processes bench/serve_load.py measures: a throw-away redis-server and the service (``python -m
+service``) on loopback, plus what is read from them between steps (CPU time, Prometheus counters).
+
+Both are started as subprocesses on free ports and must be stopped with :meth:`ManagedProcess.stop`
+(SIGTERM, then SIGKILL after a grace period), which the caller does in a ``finally`` block.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+__all__ = [
+    "ManagedProcess",
+    "ServiceConfig",
+    "cpu_seconds",
+    "free_port",
+    "scrape_histograms",
+    "start_redis",
+    "start_service",
+]
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15 of stat)
+
+
+@dataclass
+class ManagedProcess:
+    """A subprocess with its log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """SIGTERM, wait ``grace_s``, then SIGKILL; a process already gone is fine."""
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=grace_s)
+
+
+def _spawn(name: str, cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> ManagedProcess:
+    log_file = log_path.open("wb")
+    try:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    finally:
+        log_file.close()  # the child holds its own descriptor
+    return ManagedProcess(name, proc, log_path)
+
+
+def start_redis(workdir: Path, timeout_s: float = 10.0) -> tuple[ManagedProcess, str]:
+    """redis-server on a free loopback port, no persistence; returns the process and its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server not found on PATH (apt-get install redis-server)")
+    port = free_port()
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    cmd += ["--dir", str(workdir), "--daemonize", "no"]
+    redis = _spawn("redis-server", cmd, workdir / "redis.log")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if redis.proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited at start:\n{redis.log_tail()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return redis, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    redis.stop()
+    raise RuntimeError(f"redis-server did not answer PING within {timeout_s} s:\n{redis.log_tail()}")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """The service settings the benchmark varies (``LD4MREC_MAX_BATCH``, ``_MAX_WAIT_MS``,
+    ``_TORCH_THREADS``; 0 threads = torch's default, one per core)."""
+
+    max_batch: int
+    max_wait_ms: float
+    torch_threads: int
+
+    @classmethod
+    def parse(cls, text: str) -> ServiceConfig:
+        """``"MAX_BATCH:MAX_WAIT_MS:TORCH_THREADS"``, e.g. ``"64:2:1"``."""
+        try:
+            batch, wait, threads = text.split(":")
+            return cls(int(batch), float(wait), int(threads))
+        except ValueError:
+            raise ValueError(f"--config wants MAX_BATCH:MAX_WAIT_MS:TORCH_THREADS, got {text!r}") from None
+
+    @property
+    def label(self) -> str:
+        return (
+            f"max_batch={self.max_batch} max_wait_ms={self.max_wait_ms:g} torch_threads={self.torch_threads}"
+        )
+
+    def env(self) -> dict[str, str]:
+        return {
+            "LD4MREC_MAX_BATCH": str(self.max_batch),
+            "LD4MREC_MAX_WAIT_MS": str(self.max_wait_ms),
+            "LD4MREC_TORCH_THREADS": str(self.torch_threads),
+        }
+
+
+def start_service(
+    artifact: Path,
+    redis_url: str,
+    config: ServiceConfig,
+    api_key: str,
+    workdir: Path,
+    device: str = "cpu",
+    timeout_s: float = 180.0,
+) -> tuple[ManagedProcess, str]:
+    """``python -m service`` on a free loopback port with the Redis history store; waits until
+    ``/readyz`` says ``ready``. Returns the process and its base URL."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LD4MREC_")}
+    env |= config.env() | {
+        "LD4MREC_REDIS_URL": redis_url,
+        "LD4MREC_DEVICE": device,
+        "LD4MREC_API_KEY": api_key,
+        "PYTHONUNBUFFERED": "1",
+    }
+    cmd = [sys.executable, "-m", "service", "--artifact", str(artifact), "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
+    service = _spawn("service", cmd, workdir / f"service-{port}.log", env)
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    try:
+        while time.monotonic() < deadline:
+            if service.proc.poll() is not None:
+                raise RuntimeError(
+                    f"the service exited at start (rc {service.proc.returncode}):\n{service.log_tail()}"
+                )
+            try:
+                resp = httpx.get(f"{base_url}/readyz", timeout=2.0)
+                status = resp.json().get("status")
+                if resp.status_code == 200 and status == "ready":
+                    return service, base_url
+                if status == "failed":
+                    raise RuntimeError(f"the service refused the artifact: {resp.text}")
+                last = resp.text
+            except (httpx.HTTPError, ValueError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+            time.sleep(0.25)
+        raise RuntimeError(f"the service was not ready within {timeout_s} s (last /readyz: {last})")
+    except BaseException:
+        service.stop()
+        raise
+
+
+HISTOGRAMS = ("ld4mrec_batch_size", "ld4mrec_batch_queue_wait_seconds", "ld4mrec_model_forward_seconds")
+
+
+def scrape_histograms(base_url: str) -> dict[str, tuple[float, float]]:
+    """``{name: (sum, count)}`` of the service's batching histograms, from ``GET /metrics``."""
+    text = httpx.get(f"{base_url}/metrics", timeout=5.0).text
+    out: dict[str, list[float]] = {name: [0.0, 0.0] for name in HISTOGRAMS}
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        for name in HISTOGRAMS:
+            for suffix, slot in (("_sum", 0), ("_count", 1)):
+                if line.startswith(name + suffix + " ") or line.startswith(name + suffix + "{"):
+                    out[name][slot] += float(line.rsplit(" ", 1)[1])
+    return {name: (v[0], v[1]) for name, v in out.items()}

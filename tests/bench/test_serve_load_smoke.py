@@ -1,0 +1,76 @@
+"""Smoke test of bench/serve_load.py: one very short run on the tiny artifact (its own redis-server and
+service on free loopback ports; one open-loop step, one closed-loop step). Checks the output contract: the
+last stdout line is a JSON object with the headline keys, the JSON file and the PNG are written, and every
+process it started is gone. Speed is not asserted here."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "serve_load.py"
+HEADLINE_KEYS = {"p50_ms", "p99_ms", "max_rps_p99_under_50ms", "ratio_service_to_model", "errors"}
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_short_run_on_tiny_artifact_writes_headline_json_and_png(tiny_artifact: Path, tmp_path: Path) -> None:
+    out = tmp_path / "serve_load.json"
+    args = [
+        "--quick",
+        "--artifact",
+        str(tiny_artifact),
+        "--config",
+        "8:2:1",
+        "--start-rps",
+        "20",
+        "--max-steps",
+        "1",
+        "--refine",
+        "0",
+        "--step-s",
+        "0.5",
+        "--min-requests",
+        "1",
+        "--clients",
+        "2",
+        "--warmup-s",
+        "0.3",
+        "--model-budget-s",
+        "0.1",
+        "--no-profile",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+    headline = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert headline.keys() >= HEADLINE_KEYS
+    assert headline["errors"] == 0
+    assert headline["model_users_per_s_batch32"] > 0
+
+    payload = json.loads(out.read_text(encoding="utf-8"))
+    assert payload["headline"] == headline
+    (config,) = payload["configs"]
+    (step,) = config["open_loop"]
+    assert step["offered_rps"] == 20
+    assert step["sent"] == step["ok"] + step["errors"] == 10
+    assert set(step["per_kind"]) <= {"get", "write", "cold"}
+    assert step["p50_ms"] <= step["p95_ms"] <= step["p99_ms"] <= step["max_ms"]
+    (closed,) = payload["closed_loop"]
+    assert closed["clients"] == 2 and closed["ok"] > 0
+    assert step["server"]["forward_passes"] >= 1  # the service's /metrics were read around the step
+    for key in ("cpu_model", "cpus_usable", "memory_gib", "torch", "loadavg_1_5_15_at_start"):
+        assert key in payload["machine"]
+    assert payload["command"].startswith("python ")
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert len(payload["pids"]) == 2  # redis-server and the service: both stopped by the script
+    for pid in payload["pids"]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
