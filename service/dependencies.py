@@ -1,7 +1,9 @@
 """FastAPI dependencies as ``Annotated`` aliases: settings, metrics, the recommender, the reloader.
 
-(The API-key check is not a dependency: FastAPI reads the body before it solves dependencies, so the key
-is checked earlier, by the route classes of :mod:`service.auth`.)
+They are ``async def`` so that FastAPI calls them on the event loop (a plain ``def`` dependency is run
+in a worker thread on every request). The API-key check is not a dependency: FastAPI reads the body
+before it solves dependencies, so the key is checked earlier, by the route classes of
+:mod:`service.auth`.
 """
 
 from __future__ import annotations
@@ -19,17 +21,17 @@ from service.settings import Settings
 __all__ = ["MetricsDep", "RecommenderDep", "ReloaderDep", "SettingsDep"]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_metrics(request: Request) -> ServiceMetrics:
+async def get_metrics(request: Request) -> ServiceMetrics:
     metrics: ServiceMetrics = request.app.state.metrics
     return metrics
 
 
-def get_recommender(request: Request) -> Recommender:
+async def get_recommender(request: Request) -> Recommender:
     """The loaded service state; 503 while the model is loading or after it failed to load."""
     recommender: Recommender | None = request.app.state.recommender
     if recommender is None:
@@ -40,7 +42,7 @@ def get_recommender(request: Request) -> Recommender:
     return recommender
 
 
-def get_reloader(request: Request) -> ModelReloader:
+async def get_reloader(request: Request) -> ModelReloader:
     """The model reloader; 503 before the lifespan has started."""
     reloader: ModelReloader | None = getattr(request.app.state, "reloader", None)
     if reloader is None:

@@ -3,6 +3,7 @@ full scoring queue (503 + Retry-After, never a 500); invalid requests never reac
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -16,7 +17,7 @@ from fastapi.testclient import TestClient
 from service.engine import ScoredItems, ScoringRequest
 from service.history_store import InMemoryHistoryStore
 from service.settings import Settings
-from tests.service.helpers import Offline, assert_same_ranking, running_client
+from tests.service.helpers import Offline, assert_same_ranking, running_client, serve_in_thread
 
 LIMITS = {"max_ids": 3, "max_batch_users": 2, "max_k": 10, "max_history": 4, "max_body_bytes": 2048}
 
@@ -162,3 +163,20 @@ def test_a_flood_of_invalid_requests_never_reaches_the_model_or_the_store(
         for user in users:  # batched with others now: same ranking, scores equal to float32
             assert_same_ranking(answers[user], [(it["item_id"], it["score"]) for it in expected[user]])
         assert sample(client, "ld4mrec_batch_queue_wait_seconds_count") == rows_before + len(users)
+
+
+@pytest.mark.parametrize("store_kind", ["memory"], indirect=True)
+def test_a_real_server_refuses_a_huge_body_before_it_is_sent(make_settings: Callable[..., Settings]) -> None:
+    with serve_in_thread(make_settings(max_body_bytes=4096)) as base:
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(
+                b"POST /users/0/interactions HTTP/1.1\r\nHost: test\r\ncontent-type: application/json\r\n"
+                b"content-length: 10000000\r\n\r\n"
+            )  # the 10 MB body is never sent: the answer must come from the headers alone
+            received = b""
+            while chunk := sock.recv(65536):  # the server closes the connection after its answer
+                received += chunk
+            answer = received.decode(errors="replace")
+    assert answer.startswith("HTTP/1.1 413"), answer
+    assert "MAX_BODY_BYTES" in answer
