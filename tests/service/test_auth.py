@@ -14,6 +14,9 @@ import service.auth
 from service.settings import Settings
 from tests.service.helpers import running_client
 
+# the history store plays no part here: the in-process one is enough
+pytestmark = pytest.mark.parametrize("store_kind", ["memory"], indirect=True)
+
 KEY = "s3cret-key"
 WRITE = ("POST", "/users/0/interactions", {"item_ids": ["1"]})
 RELOAD = ("POST", "/admin/reload", None)
@@ -92,11 +95,6 @@ def test_keys_are_compared_in_constant_time(keyed: TestClient, monkeypatch: pyte
     monkeypatch.setattr(service.auth.hmac, "compare_digest", spy)
     assert call(keyed, WRITE, {"X-API-Key": "nope"}).status_code == 403
     assert compared == [(b"nope", KEY.encode())]
-
-
-def test_a_blank_key_means_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LD4MREC_API_KEY", "  ")
-    assert Settings().api_key is None
 
 
 def test_openapi_documents_both_key_schemes(keyed: TestClient) -> None:

@@ -10,6 +10,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -61,7 +62,7 @@ def test_redis_killed_and_restarted_under_load(tiny_artifact: Path, tmp_path: Pa
         }
     redis_server.stop()
     lost = [(u, i) for u, i in tally.acknowledged if i not in stored.get(u, set())]
-    summary = {
+    summary: dict[str, Any] = {
         "requests": sum(tally.reads.values()) + sum(tally.writes.values()),
         "reads": tally.reads,
         "writes": tally.writes,

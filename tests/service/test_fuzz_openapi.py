@@ -15,6 +15,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+from pydantic import SecretStr
 from schemathesis import GenerationMode
 
 from service.app import create_app
@@ -32,7 +33,7 @@ CREDENTIALS: dict[str, dict[str, str]] = {
 }
 
 # the schema the server publishes: built from the same app code (the test below checks they are equal)
-schema = schemathesis.openapi.from_dict(create_app(Settings(api_key=KEY)).openapi())
+schema = schemathesis.openapi.from_dict(create_app(Settings(api_key=SecretStr(KEY))).openapi())
 schema.config.generation.update(
     modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
     max_examples=40,
@@ -51,7 +52,7 @@ def base_url(tiny_artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         "max_batch_users": 20,
         "max_body_bytes": 65536,
     }
-    with serve_in_thread(Settings(artifact=artifact, device="cpu", api_key=KEY, **limits)) as base:
+    with serve_in_thread(Settings(artifact=artifact, device="cpu", api_key=SecretStr(KEY), **limits)) as base:
         yield base
 
 

@@ -19,6 +19,9 @@ from service.history_store import InMemoryHistoryStore
 from service.settings import Settings
 from tests.service.helpers import Offline, assert_same_ranking, running_client, serve_in_thread
 
+# the history store plays no part here: the in-process one is enough
+pytestmark = pytest.mark.parametrize("store_kind", ["memory"], indirect=True)
+
 LIMITS = {"max_ids": 3, "max_batch_users": 2, "max_k": 10, "max_history": 4, "max_body_bytes": 2048}
 
 
@@ -79,7 +82,6 @@ def test_a_body_over_max_body_bytes_is_413(limited: TestClient) -> None:
     assert 'route="/users/{user_id}/interactions",status_class="4xx"' in text  # counted by route
 
 
-@pytest.mark.parametrize("store_kind", ["memory"], indirect=True)
 def test_a_slow_request_times_out_with_503(
     make_settings: Callable[..., Settings], offline: Offline, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -165,7 +167,6 @@ def test_a_flood_of_invalid_requests_never_reaches_the_model_or_the_store(
         assert sample(client, "ld4mrec_batch_queue_wait_seconds_count") == rows_before + len(users)
 
 
-@pytest.mark.parametrize("store_kind", ["memory"], indirect=True)
 def test_a_real_server_refuses_a_huge_body_before_it_is_sent(make_settings: Callable[..., Settings]) -> None:
     with serve_in_thread(make_settings(max_body_bytes=4096)) as base:
         host, port = base.removeprefix("http://").split(":")

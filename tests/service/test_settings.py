@@ -80,3 +80,8 @@ def test_limits_are_validated(monkeypatch: pytest.MonkeyPatch, name: str, value:
     monkeypatch.setenv(f"LD4MREC_{name}", value)
     with pytest.raises(ValidationError, match=name.lower()):
         Settings()
+
+
+def test_a_blank_api_key_means_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LD4MREC_API_KEY", "  ")
+    assert Settings().api_key is None
