@@ -79,6 +79,7 @@ def _install_sighup(reloader: ModelReloader) -> Callable[[], object]:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     metrics: ServiceMetrics = app.state.metrics
+    log.info("event loop: %s", type(asyncio.get_running_loop()).__module__.split(".")[0])
     if settings.api_key is None:
         log.warning("LD4MREC_API_KEY is not set: writes and /admin/reload are open to every client")
     store = create_store(settings, metrics)

@@ -1,9 +1,12 @@
-"""Asyncio micro-batcher: requests arriving together share one forward pass.
+"""Micro-batcher: requests arriving together share one forward pass (continuous batching).
 
-The first queued request opens a batch; the batch is flushed when it holds ``max_batch`` requests or
-``max_wait_s`` after that first request was queued, whichever comes first. The forward pass runs in ONE
-worker thread (``run_in_executor``) so the event loop stays free, and while it runs the next batch
-gathers. Each request carries the :class:`~service.engine.Engine` it was built for, so swapping the
+Requests are queued by the event loop; ONE dedicated forward thread takes them out and scores them. When a
+pass ends, the thread takes everything queued meanwhile (up to ``max_batch``) and starts the next pass at
+once, without waiting, while the results of the previous one are handed to the event loop (one
+``call_soon_threadsafe`` per pass): under load the model is never idle waiting for the event loop, and
+batches grow with the load. ``max_wait_s`` only matters at low load, when a request finds the thread
+idle: it then waits up to that long (from when it was queued) for company, unless ``max_batch`` requests
+arrive first. Each request carries the :class:`~service.engine.Engine` it was built for, so swapping the
 engine (a model reload) never mixes models in one pass.
 
 The queue is bounded (``max_queue`` requests): beyond it :meth:`MicroBatcher.submit_many` refuses at once
@@ -17,9 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
+from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from service.engine import Engine, ScoredItems, ScoringRequest
@@ -28,6 +32,8 @@ from service.metrics import ServiceMetrics
 __all__ = ["BatcherClosedError", "BatcherOverloadedError", "MicroBatcher"]
 
 log = logging.getLogger(__name__)
+
+THREAD_NAME = "ld4mrec-forward"
 
 
 class BatcherClosedError(RuntimeError):
@@ -42,12 +48,12 @@ class BatcherOverloadedError(RuntimeError):
 class _Pending:
     engine: Engine
     request: ScoringRequest
-    future: asyncio.Future[ScoredItems]
+    future: asyncio.Future[ScoredItems]  # resolved on the event loop only
     enqueued_at: float  # time.perf_counter()
 
 
 class MicroBatcher:
-    """Collects :class:`ScoringRequest` s into batched :meth:`Engine.score` calls."""
+    """Collects :class:`ScoringRequest` s into batched :meth:`Engine.score` calls on a forward thread."""
 
     def __init__(
         self, max_batch: int, max_wait_s: float, metrics: ServiceMetrics, max_queue: int = 4096
@@ -58,46 +64,52 @@ class MicroBatcher:
         self.max_wait_s = max(0.0, max_wait_s)
         self.max_queue = max_queue
         self._metrics = metrics
-        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()  # None: "drained, stop" marker
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ld4mrec-forward")
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
+        self._cond = threading.Condition()  # guards _queue and _stopping
+        self._queue: deque[_Pending] = deque()
+        self._stopping = False  # the thread drains the queue, then exits
+        self._closing = False  # submits are refused
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done() and not self._closing
+        return self._thread is not None and self._thread.is_alive() and not self._closing
 
     @property
     def queued(self) -> int:
         """Requests waiting for a pass."""
-        return self._queue.qsize()
+        return len(self._queue)
 
     def start(self) -> None:
-        """Start the batching loop on the running event loop."""
-        if self._task is None or self._task.done():
-            self._closing = False
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="ld4mrec-batcher")
+        """Start the forward thread; results are delivered on the running event loop."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._loop = asyncio.get_running_loop()
+        self._closing = self._stopping = False
+        self._thread = threading.Thread(target=self._work, name=THREAD_NAME, daemon=True)
+        self._thread.start()
 
     async def stop(self, timeout_s: float = 10.0) -> int:
         """Refuse new requests, score what is queued (for ``timeout_s`` at most), stop; returns how many
         queued requests were drained. Whatever is left after the timeout fails with BatcherClosedError."""
         self._closing = True
-        drained = self._queue.qsize()  # before the stop marker: requests only
-        task, self._task = self._task, None
-        if task is not None and not task.done():
-            self._queue.put_nowait(None)
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout_s)
-            except TimeoutError:
-                log.error("the scoring queue did not drain within %.1f s; failing what is left", timeout_s)
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        while not self._queue.empty():
-            pending = self._queue.get_nowait()
-            if pending is not None and not pending.future.done():
+        with self._cond:
+            drained = len(self._queue)
+            self._stopping = True
+            self._cond.notify_all()
+        thread, self._thread = self._thread, None
+        deadline = time.monotonic() + timeout_s
+        while thread is not None and thread.is_alive() and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)  # the thread delivers its last results through this loop
+        with self._cond:
+            left = list(self._queue)
+            self._queue.clear()
+        if thread is not None and thread.is_alive():
+            log.error("the scoring queue did not drain within %.1f s; failing what is left", timeout_s)
+        for pending in left:
+            if not pending.future.done():
                 pending.future.set_exception(BatcherClosedError("the service is shutting down"))
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        await asyncio.sleep(0)  # results posted by the thread's last pass are delivered now
         return drained
 
     async def submit(self, engine: Engine, request: ScoringRequest) -> ScoredItems:
@@ -108,83 +120,100 @@ class MicroBatcher:
         """Queue several requests at once (all or none: BatcherOverloadedError when they do not fit)."""
         if not self.running:
             raise BatcherClosedError("the scoring loop is not running")
-        if self._queue.qsize() + len(requests) > self.max_queue:
-            raise BatcherOverloadedError(
-                f"the service is overloaded: {self._queue.qsize()} scoring requests are queued (MAX_QUEUE "
-                f"{self.max_queue})"
-            )
         loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[ScoredItems]] = []
         now = time.perf_counter()
-        for request in requests:
-            future: asyncio.Future[ScoredItems] = loop.create_future()
-            self._queue.put_nowait(_Pending(engine, request, future, now))
-            futures.append(future)
+        futures: list[asyncio.Future[ScoredItems]] = [loop.create_future() for _ in requests]
+        with self._cond:
+            queued = len(self._queue)
+            if queued + len(requests) > self.max_queue:
+                raise BatcherOverloadedError(
+                    f"the service is overloaded: {queued} scoring requests are queued (MAX_QUEUE "
+                    f"{self.max_queue})"
+                )
+            self._queue.extend(_Pending(engine, r, f, now) for r, f in zip(requests, futures, strict=True))
+            self._cond.notify()
         try:
+            if len(futures) == 1:
+                return [await futures[0]]
             return list(await asyncio.gather(*futures))
         except BaseException:
             for future in futures:  # a failed or cancelled caller drops its other rows too
                 future.cancel()
             raise
 
-    async def _run(self) -> None:
+    # -- the forward thread ----------------------------------------------------------------------------------
+    def _work(self) -> None:
         while True:
-            first = await self._queue.get()
-            if first is None:
-                return  # stop() queued the marker after the last request: everything is scored
-            batch = [first]
-            deadline = first.enqueued_at + self.max_wait_s
-            stop_after = False
-            while len(batch) < self.max_batch:
-                if not self._queue.empty():
-                    nxt = self._queue.get_nowait()
-                elif (remaining := deadline - time.perf_counter()) <= 0 or self._closing:
-                    break
-                else:
-                    try:
-                        nxt = await asyncio.wait_for(self._queue.get(), remaining)
-                    except TimeoutError:
-                        break
-                if nxt is None:
-                    stop_after = True
-                    break
-                batch.append(nxt)
-            await self._flush(batch)
-            if stop_after:
+            batch = self._next_batch()
+            if batch is None:
                 return
+            try:
+                self._run(batch)
+            except BaseException as exc:  # never let the thread die with requests waiting on it
+                log.exception("batched scoring of %d requests failed", len(batch))
+                self._post(batch, None, exc)
 
-    async def _flush(self, batch: list[_Pending]) -> None:
+    def _next_batch(self) -> list[_Pending] | None:
+        """Wait for work; the next batch (``None``: stopped and drained).
+
+        Continuous batching: requests queued while the previous pass ran are taken at once. Only when the
+        thread found the queue empty does the first request wait (``max_wait_s`` from when it was queued,
+        at most) for company."""
+        with self._cond:
+            was_idle = not self._queue
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            if was_idle and self.max_wait_s > 0:
+                deadline = self._queue[0].enqueued_at + self.max_wait_s
+                while len(self._queue) < self.max_batch and not self._stopping:
+                    remaining = deadline - time.perf_counter()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+            take = min(self.max_batch, len(self._queue))
+            return [self._queue.popleft() for _ in range(take)]
+
+    def _run(self, batch: list[_Pending]) -> None:
         live = [p for p in batch if not p.future.done()]  # a cancelled request (client gone) is dropped
         groups: dict[int, list[_Pending]] = {}
         for pending in live:
             groups.setdefault(id(pending.engine), []).append(pending)
-        loop = asyncio.get_running_loop()
         for group in groups.values():
             started = time.perf_counter()
             for pending in group:
                 self._metrics.queue_wait.observe(started - pending.enqueued_at)
             self._metrics.batch_size.observe(len(group))
-            engine = group[0].engine
-            requests = [p.request for p in group]
             try:
-                results = await loop.run_in_executor(self._executor, self._score, engine, requests)
-            except asyncio.CancelledError:
-                for pending in live:
-                    if not pending.future.done():
-                        pending.future.set_exception(BatcherClosedError("the service is shutting down"))
-                raise
-            except Exception as exc:  # answered per request; the loop keeps running
+                results = group[0].engine.score([p.request for p in group])
+                if len(results) != len(group):
+                    raise RuntimeError(f"{len(results)} results for a pass of {len(group)} requests")
+            except Exception as exc:  # answered per request; the thread keeps running
                 log.exception("batched scoring of %d requests failed", len(group))
-                for pending in group:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
+                self._post(group, None, exc)
                 continue
-            for pending, result in zip(group, results, strict=True):
-                if not pending.future.done():
-                    pending.future.set_result(result)
+            self._metrics.forward.observe(time.perf_counter() - started)
+            self._post(group, results, None)
 
-    def _score(self, engine: Engine, requests: list[ScoringRequest]) -> list[ScoredItems]:
-        started = time.perf_counter()
-        results = engine.score(requests)
-        self._metrics.forward.observe(time.perf_counter() - started)
-        return results
+    def _post(
+        self, group: list[_Pending], results: list[ScoredItems] | None, error: BaseException | None
+    ) -> None:
+        """Hand a pass's outcome to the event loop (ignored once the loop is closed)."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+                loop.call_soon_threadsafe(self._deliver, group, results, error)
+
+    @staticmethod
+    def _deliver(
+        group: list[_Pending], results: list[ScoredItems] | None, error: BaseException | None
+    ) -> None:
+        """On the event loop: resolve the futures of one pass (those still waiting)."""
+        for i, pending in enumerate(group):
+            if pending.future.done():
+                continue
+            if error is not None or results is None:
+                pending.future.set_exception(error or RuntimeError("no result"))
+            else:
+                pending.future.set_result(results[i])

@@ -43,6 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     parser.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    parser.add_argument(
+        "--loop",
+        default="auto",
+        choices=["auto", "asyncio", "uvloop"],
+        help="event loop; 'auto' = uvloop when installed (uvicorn[standard], a dependency), else asyncio",
+    )
+    parser.add_argument(
+        "--http",
+        default="auto",
+        choices=["auto", "h11", "httptools"],
+        help="HTTP/1.1 parser; 'auto' = httptools when installed (uvicorn[standard]), else h11",
+    )
     return parser
 
 
@@ -84,9 +96,18 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         log_level=args.log_level,
         access_log=not args.no_access_log,
+        loop=args.loop,
+        http=args.http,
         timeout_graceful_shutdown=int(math.ceil(settings.shutdown_timeout_s)),
     )
     server = uvicorn.Server(config)
+    config.load()  # what uvicorn.run() does first; resolves --http auto, so the log can say what it chose
+    logging.getLogger("ld4mrec.service").info(
+        "HTTP/1.1 protocol: %s (--http %s), event loop: --loop %s",
+        config.http_protocol_class.__name__,
+        args.http,
+        args.loop,
+    )
     if settings.api_key is None and args.host not in LOOPBACK_HOSTS:
         logging.getLogger("ld4mrec.service").warning(
             "listening on %s without LD4MREC_API_KEY: anyone who reaches this port can write histories "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +68,11 @@ class Engine:
     def __init__(self, art: Artifact, model: LD4MRec, device: torch.device) -> None:
         self.artifact = art
         self.model = model
+        projection = model.projection
+        if not projection.matrix.flags.c_contiguous:
+            # Fold-in is CSR @ projection; scipy copies a dense operand that is not C-ordered on every call
+            # (at the sports shape 18,357 x 200 float32: 14.7 MB, ~3.4 ms per fold-in). Same values.
+            model.projection = replace(projection, matrix=np.ascontiguousarray(projection.matrix))
         self.device = device
         self.model_version = art.model_version
         self.dataset = art.dataset

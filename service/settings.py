@@ -37,7 +37,13 @@ class Settings(BaseSettings):
     # -- micro-batching -------------------------------------------------------------------------------------
     max_batch: Annotated[int, Field(ge=1, le=4096, description="users per forward pass, at most")] = 64
     max_wait_ms: Annotated[
-        float, Field(ge=0.0, le=1000.0, description="how long a batch waits for more requests, at most (ms)")
+        float,
+        Field(
+            ge=0.0,
+            le=1000.0,
+            description="at low load, how long a request that finds the forward thread idle waits for "
+            "company, at most (ms)",
+        ),
     ] = 2.0
 
     # -- request limits -------------------------------------------------------------------------------------

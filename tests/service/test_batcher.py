@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -198,3 +199,56 @@ def test_a_full_queue_refuses_all_or_nothing() -> None:
     assert isinstance(refused, BatcherOverloadedError) and "MAX_QUEUE 3" in str(refused)
     assert 3 not in engine.seen and 4 not in engine.seen  # none of the refused rows was queued
     assert done[0].items.tolist() == [0] and [r.items.tolist() for r in done[1]] == [[1], [2]]
+
+
+def test_requests_queued_during_a_pass_form_the_next_pass_at_once() -> None:
+    """Continuous batching: what arrives while a pass runs is taken as soon as it ends, without waiting
+    MAX_WAIT (which only applies to a request that finds the forward thread idle)."""
+    gate = threading.Event()
+
+    async def main() -> tuple[RecordingEngine, float]:
+        batcher = MicroBatcher(max_batch=3, max_wait_s=5.0, metrics=ServiceMetrics())
+        batcher.start()
+        engine = RecordingEngine(gate=gate)
+        # a full batch starts at once, then blocks in the worker
+        first = [asyncio.ensure_future(batcher.submit(cast(Engine, engine), request(i))) for i in range(3)]
+        await asyncio.sleep(0.05)
+        during = [
+            asyncio.ensure_future(batcher.submit(cast(Engine, engine), request(i))) for i in range(3, 8)
+        ]
+        await asyncio.sleep(0.01)
+        released = time.perf_counter()
+        gate.set()
+        await asyncio.wait_for(asyncio.gather(*first, *during), timeout=4.0)
+        elapsed = time.perf_counter() - released
+        await batcher.stop()
+        return engine, elapsed
+
+    engine, elapsed = asyncio.run(main())
+    assert engine.batches == [3, 3, 2]  # the five queued during the first pass: the next two passes
+    assert elapsed < 1.0  # the last, short batch did not wait MAX_WAIT (5 s) for company
+
+
+def test_the_next_pass_does_not_wait_for_a_busy_event_loop() -> None:
+    """The forward thread starts the next pass by itself: while the event loop is blocked, the requests
+    queued before are still scored (the results are delivered once the loop runs again)."""
+    gate = threading.Event()
+
+    async def main() -> tuple[RecordingEngine, list[int]]:
+        batcher = MicroBatcher(max_batch=2, max_wait_s=0.0, metrics=ServiceMetrics())
+        batcher.start()
+        engine = RecordingEngine(gate=gate)
+        futures = [asyncio.ensure_future(batcher.submit(cast(Engine, engine), request(i))) for i in range(6)]
+        await asyncio.sleep(0.05)  # the first pass (2 requests) blocks in the worker
+        gate.set()
+        deadline = time.monotonic() + 5
+        while len(engine.batches) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)  # blocks the event loop: no result can be delivered meanwhile
+        passes_while_blocked = list(engine.batches)
+        await asyncio.gather(*futures)
+        await batcher.stop()
+        return engine, passes_while_blocked
+
+    engine, passes_while_blocked = asyncio.run(main())
+    assert passes_while_blocked == [2, 2, 2]
+    assert sorted(engine.seen) == list(range(6))

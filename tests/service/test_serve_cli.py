@@ -31,7 +31,16 @@ def get_json(url: str) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read())
 
 
-def test_serve_answers_over_http_and_stops_cleanly(tiny_artifact: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("server_args", "protocol", "loop"),
+    [
+        ([], "HttpToolsProtocol", "uvloop"),  # uvicorn[standard] is a dependency: the defaults use it
+        (["--http", "h11", "--loop", "asyncio"], "H11Protocol", "asyncio"),
+    ],
+)
+def test_serve_answers_over_http_and_stops_cleanly(
+    tiny_artifact: Path, tmp_path: Path, server_args: list[str], protocol: str, loop: str
+) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LD4MREC_")} | {"LD4MREC_DEVICE": "cpu"}
     log = (tmp_path / "serve.log").open("wb")
@@ -45,6 +54,7 @@ def test_serve_answers_over_http_and_stops_cleanly(tiny_artifact: Path, tmp_path
             "--port",
             str(port),
             "--no-access-log",
+            *server_args,
         ],
         env=env,
         stdout=log,
@@ -77,6 +87,8 @@ def test_serve_answers_over_http_and_stops_cleanly(tiny_artifact: Path, tmp_path
             raise
         log.close()
     assert code == 0
+    text = (tmp_path / "serve.log").read_text()
+    assert f"HTTP/1.1 protocol: {protocol}" in text and f"event loop: {loop}" in text
 
 
 def test_serve_refuses_a_missing_artifact(tmp_path: Path, capsys: Any) -> None:
