@@ -1,9 +1,13 @@
-"""HTTP load generator for bench/serve_load.py: open loop at a fixed rate, closed loop with N clients.
+"""HTTP load for bench/serve_load.py: the request mix, one step run by a separate load-generator process,
+and the step's summary.
 
-asyncio + httpx (``AsyncClient``, HTTP/1.1 keep-alive, a connection pool of a given size). A request is
-one of three kinds: ``get`` (``GET /recommend/{user}?k=20``), ``write`` (``POST /users/{user}/interactions``)
-and ``cold`` (``POST /recommend`` with a history in the body). Any answer other than 2xx, and any transport
-failure or timeout, is an error.
+A request is one of three kinds: ``get`` (``GET /recommend/{user}?k=20``), ``write`` (``POST
+/users/{user}/interactions``) and ``cold`` (``POST /recommend`` with a history in the body). Any answer
+other than 2xx, and any transport failure or timeout, is an error.
+
+Each step runs in its own process (``_httpload.py``: pre-encoded requests, asyncio protocols, httptools'
+response parser, uvloop when installed), so the client neither shares the benchmark's interpreter nor
+costs the ~1 ms of CPU per request that httpx did; its CPU time is returned with the step.
 
 Open loop: request i is *scheduled* at ``t0 + i / rate`` whatever happened to the earlier ones, and its
 latency runs from that scheduled time to the end of the answer, so a slow server (or a late client) shows
@@ -13,17 +17,23 @@ next request when the previous one is answered; latency runs from the actual sen
 
 from __future__ import annotations
 
-import asyncio
-import time
+import json
+import subprocess
+import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
-__all__ = ["KINDS", "Mix", "RequestFactory", "Sample", "StepResult", "closed_loop", "open_loop"]
+from _httpload import encode_request
 
+__all__ = ["KINDS", "Mix", "Request", "RequestFactory", "Sample", "StepResult", "run_step", "summarise"]
+
+HTTPLOAD = Path(__file__).resolve().with_name("_httpload.py")
 KINDS = ("get", "write", "cold")
 
 
@@ -59,6 +69,11 @@ class Request:
     method: str
     url: str
     body: dict[str, Any] | None = None
+
+    def raw(self, host: str, headers: dict[str, str]) -> bytes:
+        """The complete HTTP/1.1 request (compact JSON body)."""
+        body = None if self.body is None else json.dumps(self.body, separators=(",", ":")).encode()
+        return encode_request(self.method, self.url, host, headers, body)
 
 
 class RequestFactory:
@@ -129,74 +144,61 @@ class StepResult:
     send_lag_s: list[float]  # open loop: actual send - scheduled send, per request
 
 
-async def _send(client: httpx.AsyncClient, req: Request, t0: float) -> Sample:
-    """Send ``req``; latency from ``t0`` (scheduled or actual send time) to the end of the body."""
-    try:
-        resp = await client.request(req.method, req.url, json=req.body)
-        end = time.perf_counter()
-        ok = 200 <= resp.status_code < 300
-        error = None if ok else f"HTTP {resp.status_code}"
-        return Sample(req.kind, end - t0, resp.status_code, error, end)
-    except httpx.HTTPError as exc:
-        end = time.perf_counter()
-        return Sample(req.kind, end - t0, 0, type(exc).__name__, end)
+def run_step(
+    base_url: str,
+    headers: dict[str, str],
+    requests: Sequence[Request],
+    mode: str,
+    level: float,
+    *,
+    duration_s: float = 0.0,
+    drain_s: float = 6.0,
+    timeout_s: float = 5.0,
+    connections: int | None = None,
+    cpus: Sequence[int] | None = None,
+    workdir: Path | None = None,
+) -> tuple[StepResult, float]:
+    """Run one step in a separate load-generator process (``_httpload.py``); returns the step and the
+    CPU seconds that process used during it.
 
-
-def make_client(
-    base_url: str, connections: int, timeout_s: float, headers: dict[str, str]
-) -> httpx.AsyncClient:
-    """Keep-alive HTTP/1.1 client with a pool of ``connections``; ``timeout_s`` covers waiting for a
-    pooled connection too."""
-    return httpx.AsyncClient(
-        base_url=base_url,
-        headers=headers,
-        timeout=httpx.Timeout(timeout_s),
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-    )
-
-
-async def open_loop(
-    client: httpx.AsyncClient, requests: Sequence[Request], rate: float, drain_s: float
-) -> StepResult:
-    """Send ``requests`` at ``rate`` per second (request i at t0 + i / rate); wait ``drain_s`` at most
-    after the last send for the answers still in flight (those left are cancelled, counted unfinished)."""
-    loop_start = time.perf_counter() + 0.02
-    tasks: list[asyncio.Task[Sample]] = []
-    lags: list[float] = []
-    for i, req in enumerate(requests):
-        scheduled = loop_start + i / rate
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        lags.append(time.perf_counter() - scheduled)
-        tasks.append(asyncio.create_task(_send(client, req, scheduled)))
-    done, pending = await asyncio.wait(tasks, timeout=drain_s) if tasks else (set(), set())
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    samples = [t.result() for t in tasks if t in done]
-    ended = max((s.done_at for s in samples), default=time.perf_counter())
-    return StepResult(samples, loop_start, ended, len(pending), lags)
-
-
-async def closed_loop(
-    client: httpx.AsyncClient, requests: Sequence[Request], clients: int, duration_s: float
-) -> StepResult:
-    """``clients`` workers, each sending its next request as soon as the previous one is answered, for
-    ``duration_s`` (requests are taken in turn from ``requests``, cycling)."""
-    start = time.perf_counter()
-    stop_at = start + duration_s
-    samples: list[Sample] = []
-    counter = iter(range(10**12))
-
-    async def worker() -> None:
-        while time.perf_counter() < stop_at:
-            req = requests[next(counter) % len(requests)]
-            samples.append(await _send(client, req, time.perf_counter()))
-
-    await asyncio.gather(*(worker() for _ in range(clients)))
-    ended = max((s.done_at for s in samples), default=time.perf_counter())
-    return StepResult(samples, start, ended, 0, [])
+    ``mode`` "open": ``requests`` sent at ``level`` per second (request i at t0 + i / level), then
+    ``drain_s`` at most for the answers still in flight; "closed": ``level`` clients back to back for
+    ``duration_s`` (requests taken in turn, cycling). ``connections``: the open loop's pool size
+    (default max(16, min(256, rate / 10))). ``cpus``: pin the load generator to these cores."""
+    url = httpx.URL(base_url)
+    host, port = url.host, url.port or 80
+    pool = (connections or max(16, min(256, int(level * 0.1)))) if mode == "open" else int(level)
+    spec = {
+        "host": host,
+        "port": port,
+        "mode": mode,
+        "rate": level if mode == "open" else None,
+        "clients": int(level) if mode == "closed" else None,
+        "duration_s": duration_s,
+        "drain_s": drain_s,
+        "timeout_s": timeout_s,
+        "connections": pool,
+        "prefill": min(pool, 32),
+        "cpus": list(cpus) if cpus else None,
+        "raw": [r.raw(f"{host}:{port}", headers).decode("latin-1") for r in requests],
+        "kind": [KINDS.index(r.kind) for r in requests],
+    }
+    with tempfile.TemporaryDirectory(prefix="loadgen-", dir=workdir) as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        limit = (duration_s if mode == "closed" else len(requests) / level) + drain_s + 60
+        subprocess.run(
+            [sys.executable, str(HTTPLOAD), str(spec_path), str(out_path)], check=True, timeout=limit
+        )
+        out = json.loads(out_path.read_text(encoding="utf-8"))
+    samples = [
+        Sample(KINDS[k], lat, status, err, done)
+        for k, lat, status, err, done in zip(
+            out["kind"], out["latency_s"], out["status"], out["error"], out["done_at"], strict=True
+        )
+    ]
+    step = StepResult(samples, out["started"], out["ended"], out["unfinished"], out["send_lag_s"])
+    return step, float(out["cpu_s"])
 
 
 def latency_summary(latencies_s: Sequence[float]) -> dict[str, float | None]:

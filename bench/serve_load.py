@@ -31,7 +31,8 @@ service runs with ``LD4MREC_API_KEY`` set). An error is any answer other than 2x
 (``--timeout-s``) or a transport failure.
 
 Reported per step: p50 / p95 / p99 / max latency, achieved throughput (2xx answers per second of the
-step), errors, and the CPU used by the service, Redis and the load generator (which share the cores),
+step), errors, and the CPU used by the service, Redis and the load generator (which share the cores;
+in % of one core and in ms per request),
 the service's mean batch size, queue wait and forward time (from its ``/metrics``). Headline:
 ``max_rps_p99_under_50ms`` = the highest achieved throughput among open-loop steps with p99 <= 50 ms and
 no error (all request kinds counted); ``ratio_service_to_model`` = that / the model's users per second at
@@ -64,10 +65,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import torch
 
-from _loadgen import Mix, RequestFactory, StepResult, closed_loop, make_client, open_loop, summarise
+from _loadgen import Mix, RequestFactory, run_step, summarise
 from _machine import display_path, loadavg, machine_info, write_json
 from _profile import start_profiler, summarise_profile
 from _serve_stack import (
@@ -272,6 +274,8 @@ class Session:
         redis: ManagedProcess,
         factory: RequestFactory,
         timeout_s: float,
+        client_cpus: Sequence[int] | None = None,
+        workdir: Path | None = None,
     ) -> None:
         self.base_url = base_url
         self.headers = {"X-API-Key": api_key}
@@ -279,6 +283,8 @@ class Session:
         self.redis = redis
         self.factory = factory
         self.timeout_s = timeout_s
+        self.client_cpus = client_cpus
+        self.workdir = workdir
 
     async def run_step(self, kind: str, level: float, budget: Budget) -> dict[str, Any]:
         """One open-loop step at ``level`` requests/s or closed-loop step with ``level`` clients."""
@@ -288,32 +294,38 @@ class Session:
             requests = self.factory.make(max(64, int(1000 * budget.step_s)))
         before = self._counters()
         wall0 = time.perf_counter()
-        if kind == "open":
-            connections = max(16, min(256, int(level * 0.1)))
-            async with make_client(self.base_url, connections, self.timeout_s, self.headers) as client:
-                step: StepResult = await open_loop(client, requests, level, budget.drain_s)
-        else:
-            clients = int(level)
-            async with make_client(self.base_url, clients, self.timeout_s, self.headers) as client:
-                step = await closed_loop(client, requests, clients, budget.step_s)
+        step, loadgen_cpu_s = await asyncio.to_thread(
+            run_step,
+            self.base_url,
+            self.headers,
+            requests,
+            kind,
+            level,
+            duration_s=budget.step_s,
+            drain_s=budget.drain_s,
+            timeout_s=self.timeout_s,
+            cpus=self.client_cpus,
+            workdir=self.workdir,
+        )
         wall = time.perf_counter() - wall0
         after = self._counters()
         out = {"mode": kind, ("offered_rps" if kind == "open" else "clients"): level, **summarise(step)}
-        out["cpu_pct"] = {
-            name: round(100 * (after[name] - before[name]) / wall, 1)
-            for name in ("service", "redis", "loadgen")
-        }
+        # CPU in % of one core over the step's wall time (the load generator's process start included),
+        # and per answered request (independent of that wall time)
+        used = {name: after[name] - before[name] for name in ("service", "redis")}
+        used["loadgen"] = loadgen_cpu_s
+        out["cpu_pct"] = {name: round(100 * v / wall, 1) for name, v in used.items()}
+        answered = max(1, out["sent"] - step.unfinished)
+        out["cpu_ms_per_request"] = {name: round(1e3 * v / answered, 3) for name, v in used.items()}
         out["server"] = self._server_side(before, after)
         out["loadavg_1m"] = round(os.getloadavg()[0], 2)
         await self._settle()
         return out
 
     def _counters(self) -> dict[str, Any]:
-        times = os.times()
         return {
             "service": cpu_seconds(self.service.pid),
             "redis": cpu_seconds(self.redis.pid),
-            "loadgen": times.user + times.system,
             "hist": scrape_histograms(self.base_url),
         }
 
@@ -337,7 +349,7 @@ class Session:
     async def _settle(self, max_s: float = 5.0) -> None:
         """Wait until the service answers /healthz promptly (a failed step can leave a backlog)."""
         deadline = time.monotonic() + max_s
-        async with make_client(self.base_url, 1, 2.0, self.headers) as client:
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=2.0) as client:
             while time.monotonic() < deadline:
                 t0 = time.perf_counter()
                 with contextlib.suppress(Exception):
@@ -347,9 +359,19 @@ class Session:
                 await asyncio.sleep(0.2)
 
     async def warm_up(self, seconds: float) -> None:
+        """8 clients back to back for ``seconds`` (first passes, connection pools, caches)."""
         requests = self.factory.make(4000)
-        async with make_client(self.base_url, 8, self.timeout_s, self.headers) as client:
-            await closed_loop(client, requests, 8, seconds)
+        await asyncio.to_thread(
+            run_step,
+            self.base_url,
+            self.headers,
+            requests,
+            "closed",
+            8,
+            duration_s=seconds,
+            timeout_s=self.timeout_s,
+            workdir=self.workdir,
+        )
 
 
 def passes_slo(step: dict[str, Any]) -> bool:
@@ -571,6 +593,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--timeout-s", type=float, default=5.0, help="client timeout per request (an error)")
     p.add_argument(
+        "--client-cpus",
+        type=lambda text: [int(c) for c in text.split(",") if c.strip()],
+        default=None,
+        metavar="0,1",
+        help="pin the load-generator process to these cores (default: not pinned)",
+    )
+    p.add_argument(
         "--profile",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -624,7 +653,14 @@ async def run_configs(
             try:
                 start_s = time.perf_counter() - t0
                 session = Session(
-                    base_url, api_key, service, redis, factory_of(args.seed + i), args.timeout_s
+                    base_url,
+                    api_key,
+                    service,
+                    redis,
+                    factory_of(args.seed + i),
+                    args.timeout_s,
+                    client_cpus=args.client_cpus,
+                    workdir=workdir,
                 )
                 await session.warm_up(args.warmup_s)
                 log(f"  ready in {start_s:.1f} s, warmed up")
@@ -652,7 +688,14 @@ async def run_configs(
             out["pids"].append(service.pid)
             try:
                 session = Session(
-                    base_url, api_key, service, redis, factory_of(args.seed + 100), args.timeout_s
+                    base_url,
+                    api_key,
+                    service,
+                    redis,
+                    factory_of(args.seed + 100),
+                    args.timeout_s,
+                    client_cpus=args.client_cpus,
+                    workdir=workdir,
                 )
                 await session.warm_up(args.warmup_s)
                 out |= await closed_and_profile(args, session, sessions_done[best_cfg], budget, workdir, log)
@@ -872,8 +915,11 @@ def main(argv: Sequence[str] | None = None, log: Log = print) -> dict[str, Any]:
             "open_loop": "request i scheduled at t0 + i/rate; latency from the scheduled time to the end of "
             "the answer",
             "closed_loop": "N clients, each sending its next request when the previous one is answered",
-            "client": "httpx.AsyncClient, HTTP/1.1 keep-alive; open loop pool max(16, min(256, rate/10)), "
-            "closed loop pool N; the load generator runs in this process on the same cores",
+            "client": "bench/_httpload.py, one process per step (asyncio protocols + httptools + uvloop, "
+            "pre-encoded requests), HTTP/1.1 keep-alive; open loop pool max(16, min(256, rate/10)) opened "
+            "before the step, closed loop N connections; on the same cores as the service"
+            + (f", pinned to cpus {args.client_cpus}" if args.client_cpus else " (not pinned)")
+            + "; its CPU time is reported per step",
             "redis": "redis-server on a free loopback port, --save '' --appendonly no; FLUSHDB per "
             "configuration",
             "model_limit": f"sparse_fp32 batch {MODEL_BATCHES} (bench/model_forward.py functions): from_csr "

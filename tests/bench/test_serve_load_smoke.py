@@ -66,6 +66,8 @@ def test_short_run_on_tiny_artifact_writes_headline_json_and_png(tiny_artifact: 
     (closed,) = payload["closed_loop"]
     assert closed["clients"] == 2 and closed["ok"] > 0
     assert step["server"]["forward_passes"] >= 1  # the service's /metrics were read around the step
+    assert step["cpu_ms_per_request"]["loadgen"] > 0  # the load-generator process reports its CPU
+    assert step["cpu_ms_per_request"]["service"] > 0
     for key in ("cpu_model", "cpus_usable", "memory_gib", "torch", "loadavg_1_5_15_at_start"):
         assert key in payload["machine"]
     assert payload["command"].startswith("python ")
