@@ -51,6 +51,7 @@ class CNetConfig:
     gate_bias: float = -4.0
     activation: str = "tanh"
     content_output: bool = False
+    input_norm: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -171,22 +172,34 @@ class CNet(nn.Module):
         self.register_buffer("signal_std", torch.ones(width))
 
     # -- first layer -------------------------------------------------------------------------------------
-    def embed_dense(self, x: torch.Tensor, keep_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def embed_dense(
+        self, x: torch.Tensor, keep_mask: torch.Tensor | None = None, history_len: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x (B, n) dense, possibly noisy -> h (B, d).
 
         In training mode the input dropout is applied, with ``keep_mask`` (B, n) of 0/1 when the caller
         needs to know which entries were kept (e.g. to compute signals from the visible history).
+        ``history_len`` (B,) is the length of each clean history (needed with ``input_norm``).
         """
         if self.training and self.cfg.input_dropout > 0:
             if keep_mask is None:
                 x = F.dropout(x, p=self.cfg.input_dropout)
             else:
                 x = x * keep_mask / (1.0 - self.cfg.input_dropout)
-        return x @ self.item_in + self.bias_in
+        h = x @ self.item_in
+        if self.cfg.input_norm:
+            if history_len is None:
+                raise ValueError("input_norm needs the history lengths")
+            h = h * history_len.clamp_min(1.0).rsqrt()[:, None]
+        return h + self.bias_in
 
     def embed_sparse(self, item_ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Binary histories as a flat id list + bag offsets (as ``F.embedding_bag``) -> h (B, d)."""
-        return F.embedding_bag(item_ids, self.item_in, offsets, mode="sum") + self.bias_in
+        h = F.embedding_bag(item_ids, self.item_in, offsets, mode="sum")
+        if self.cfg.input_norm:
+            ends = torch.cat([offsets[1:], offsets.new_tensor([item_ids.shape[0]])])
+            h = h * (ends - offsets).clamp_min(1).float().rsqrt()[:, None]
+        return h + self.bias_in
 
     # -- conditions ----------------------------------------------------------------------------------------
     def set_signal_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -224,10 +237,12 @@ class CNet(nn.Module):
 
     def set_item_content(self, features: list[torch.Tensor]) -> None:
         """Fix the item features used by ``content_output``: each (n, d_m), L2-normalised per item."""
-        blocks = [f / f.norm(dim=1, keepdim=True).clamp_min(1e-8) for f in features]
-        content = torch.cat(blocks, dim=1)
-        self.item_content.copy_((content - content.mean(dim=0)) / content.std(dim=0).clamp_min(1e-8))
+        blocks = []
+        for f in features:  # centre each modality, then unit rows: every item row has norm 1 overall
+            f = f - f.mean(dim=0)
+            blocks.append(f / f.norm(dim=1, keepdim=True).clamp_min(1e-8) / len(features) ** 0.5)
+        self.item_content.copy_(torch.cat(blocks, dim=1))
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, signals: torch.Tensor) -> torch.Tensor:
-        """Dense path: x (B, n), z (B, d_fwd), signals (B, width) -> x0_hat (B, n)."""
-        return self.forward_hidden(self.embed_dense(x), z, signals)
+        """Dense path for binary x (B, n), z (B, d_fwd), signals (B, width) -> x0_hat (B, n)."""
+        return self.forward_hidden(self.embed_dense(x, history_len=(x > 0.5).sum(dim=1).float()), z, signals)

@@ -149,9 +149,11 @@ class LD4MRec(nn.Module):
         else:
             x_t, first = x0, schedule.steps
         z_in = self.initial_step_embedding(batch.user_index)
+        history_len = x0.sum(dim=1)
         for t in range(first, 0, -1):
             step = torch.full((batch.size,), t, dtype=torch.long, device=x0.device)
             z = step_embedding(step, self.cnet.cfg.step_dim) + z_in
-            x0_hat = self.cnet.forward_hidden(self.cnet.embed_dense(x_t), z, batch.signals)
+            h = self.cnet.embed_dense(x_t, history_len=history_len)
+            x0_hat = self.cnet.forward_hidden(h, z, batch.signals)
             x_t = schedule.posterior_mean(x0_hat, x_t, t) if t > 1 else x0_hat
         return x_t

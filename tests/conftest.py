@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,7 +16,9 @@ from training.trainer import train
 SMALL_SPEC = SyntheticSpec(
     n_users=240, n_items=150, latent_dim=8, mean_clicks=16, modalities=(("image", 12), ("text", 8))
 )
-TINY_CONFIG = dict(epochs=30, hidden_dim=64, svd_rank=16, batch_size=64, lr=1e-3, patience=10, threads=1)
+TINY_CONFIG: dict[str, Any] = dict(
+    epochs=30, hidden_dim=64, svd_rank=16, batch_size=64, lr=1e-3, patience=10, threads=1
+)
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ class TrainConfig:
     # signals
     svd_rank: int = 100
     signal_source: str = "full"
+    signal_rescale: bool = False
     # C-Net
     hidden_dim: int = 1000
     step_dim: int = 10
@@ -37,6 +38,7 @@ class TrainConfig:
     gate_bias: float = -4.0
     activation: str = "tanh"
     content_output: bool = False
+    input_norm: bool = False
     # diffusion
     steps: int = 5
     noise_scale: float = 0.1
@@ -44,6 +46,9 @@ class TrainConfig:
     noise_max: float = 0.02
     # loss
     soft_labels: bool = True
+    loss: str = "mse"
+    mask_visible_loss: bool = False
+    loss_user_norm: bool = False
     soft_p: float = 0.01
     soft_gamma: float = 0.01
     importance_history: int = 10
@@ -78,6 +83,7 @@ class TrainConfig:
             ("patience", self.patience >= 1),
             ("eval_every", self.eval_every >= 1),
             ("signal_source", self.signal_source in ("full", "visible")),
+            ("loss", self.loss in ("mse", "multinomial")),
             ("activation", self.activation in ("tanh", "leaky_relu")),
         ]
         for name, ok in checks:

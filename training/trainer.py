@@ -72,6 +72,7 @@ def prepare_model(data: InteractionData, cfg: TrainConfig) -> tuple[LD4MRec, Sig
         gate_bias=cfg.gate_bias,
         activation=cfg.activation,
         content_output=cfg.content_output,
+        input_norm=cfg.input_norm,
     )
     diffusion = DiffusionConfig(cfg.steps, cfg.noise_scale, cfg.noise_min, cfg.noise_max)
     model = LD4MRec(cnet_cfg, data.n_users, diffusion, projection)
@@ -122,13 +123,26 @@ def _train_epoch(
         if cfg.signal_source == "visible":
             keep = (torch.rand(x_in.shape, generator=generator, device=device) >= cfg.input_dropout).float()
             batch_signals = model.signals_dense(x_in * keep)
+            if cfg.signal_rescale:  # match the scale of full-history signals (as inverted dropout does)
+                keep_p = 1.0 - cfg.input_dropout
+                unscaled = model.projection.unscaled_width
+                batch_signals = torch.cat(
+                    [batch_signals[:, :unscaled] / keep_p, batch_signals[:, unscaled:] / keep_p**0.5], dim=1
+                )
         else:
             batch_signals = signals[user_index]
-        h = model.cnet.embed_dense(x_t, keep_mask=keep)
+        h = model.cnet.embed_dense(x_t, keep_mask=keep, history_len=x_in.sum(dim=1))
         z = model.training_step_embedding(user_index, steps)
         x0_hat = model.cnet.forward_hidden(h, z, batch_signals)
         target = soft_target(x_in, cfg.soft_p, cfg.soft_gamma, generator) if cfg.soft_labels else x_in
-        per_user = ((x0_hat - target) ** 2).sum(dim=1)
+        if cfg.loss == "multinomial":
+            per_user = -(torch.log_softmax(x0_hat, dim=1) * target).sum(dim=1)
+        elif cfg.mask_visible_loss and keep is not None:  # only what the input does not show is scored
+            per_user = (((x0_hat - target) ** 2) * (1.0 - keep * x_in)).sum(dim=1)
+        else:
+            per_user = ((x0_hat - target) ** 2).sum(dim=1)
+        if cfg.loss_user_norm:
+            per_user = per_user * x_in.sum(dim=1).clamp_min(1.0).rsqrt()
         loss = (per_user * torch.from_numpy(weights_np).float().to(device)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -189,7 +203,14 @@ def train(data: InteractionData, cfg: TrainConfig, *, progress: bool = True) -> 
                 valid_r20=f"{valid[SELECT_METRIC]:.4f}",
                 best=f"{best_valid:.4f}@{best_epoch}",
             )
-            log.debug("epoch %d loss %.4f valid %s", epoch, loss, valid)
+            log.debug(
+                "epoch %d loss %.4f valid recall@20 %.4f ndcg@20 %.4f (%.1f s/epoch)",
+                epoch,
+                loss,
+                valid["recall@20"],
+                valid["ndcg@20"],
+                epoch_seconds[-1],
+            )
         history.append(row)
         if bad_evals >= cfg.patience:
             log.info(
