@@ -9,8 +9,9 @@ One *request* of B users is what the service does per micro-batch, under ``torch
 
 Configurations, measured side by side in one run (interleaved in rounds so background load hits all alike):
 sparse fp32 (the service path), dense fp32, sparse bf16 (a bfloat16 copy of the model, inputs too) and
-sparse int8 (``quantize_dynamic`` of every ``nn.Linear``; the first layer ``item_in`` is a Parameter read by
-the embedding bag and stays fp32), for batch sizes 1, 8, 32, 128, 256. Reported per configuration: median,
+sparse int8 (``model.precision.quantise_int8``, what the service runs with ``LD4MREC_PRECISION=int8``:
+``quantize_dynamic`` of every ``nn.Linear``; the first layer ``item_in`` is a Parameter read by the
+embedding bag and stays fp32), for batch sizes 1, 8, 32, 128, 256. Reported per configuration: median,
 p95 and p99 latency per batch and throughput = B / median latency (users/s). Reduced precision is compared
 with fp32 by the mean top-20 overlap |A and B| / 20 over a fixed set of users; sparse and dense scores are
 compared on the same batch (max abs diff).
@@ -34,7 +35,6 @@ import json
 import shlex
 import sys
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,11 +44,11 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
-from torch import nn
 
 from _machine import display_path, loadavg, machine_info, write_json
 from model.artifact import build_model, read_artifact
 from model.ld4mrec import HistoryBatch, LD4MRec
+from model.precision import quantise_int8, quantised_layers
 from model.ranking import mask_items, top_k
 
 SPORTS_DIR = Path("/work/shared/datasets/sports")
@@ -155,27 +155,11 @@ class Variant:
     input_dtype: torch.dtype
 
 
-def quantise_int8(model: LD4MRec) -> LD4MRec:
-    """A copy with every ``nn.Linear`` dynamically quantised to int8 (weights int8, activations quantised
-    per batch); ``item_in`` (the embedding-bag first layer), biases, ``z_in`` and the signal
-    standardisation stay fp32. CPU only."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notice
-        from torch.ao.quantization import quantize_dynamic
-
-        return quantize_dynamic(copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
-
-
 INT8_NOTE = (
     "torch.ao.quantization.quantize_dynamic on every nn.Linear (the CG blocks' hidden/condition/gate layers, "
     "the PG blocks' MLPs if any, and FC_out, 1000 x n_items); the first layer item_in (n_items x 1000 "
     "Parameter read by embedding_bag), biases, z_in and the signal standardisation stay fp32"
 )
-
-
-def quantised_layers(model: nn.Module) -> list[str]:
-    """Names of the modules that ``quantise_int8`` replaced (dynamic quantised Linear)."""
-    return [name for name, m in model.named_modules() if m._get_name() == "DynamicQuantizedLinear"]
 
 
 def make_variants(model: LD4MRec, device: torch.device) -> tuple[list[Variant], dict[str, str]]:
@@ -188,7 +172,7 @@ def make_variants(model: LD4MRec, device: torch.device) -> tuple[list[Variant], 
     ]
     skipped: dict[str, str] = {}
     if device.type == "cpu":
-        variants.append(Variant("sparse_int8", "sparse", "int8", quantise_int8(fp32).eval(), torch.float32))
+        variants.append(Variant("sparse_int8", "sparse", "int8", quantise_int8(fp32), torch.float32))
     else:
         skipped["sparse_int8"] = "dynamic int8 quantisation runs on CPU only"
     return variants, skipped

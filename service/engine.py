@@ -17,6 +17,7 @@ import torch
 
 from model.artifact import Artifact, build_model, read_artifact
 from model.ld4mrec import HistoryBatch, LD4MRec
+from model.precision import Precision, to_precision
 from model.ranking import mask_items, top_k
 
 __all__ = ["Engine", "ScoredItems", "ScoringRequest"]
@@ -63,11 +64,15 @@ class ScoredItems:
 
 
 class Engine:
-    """An artifact loaded for serving: the model on ``device`` plus the id maps built once at load."""
+    """An artifact loaded for serving: the model on ``device`` in ``precision`` ("fp32" | "int8", what
+    :func:`model.precision.to_precision` made of it) plus the id maps built once at load."""
 
-    def __init__(self, art: Artifact, model: LD4MRec, device: torch.device) -> None:
+    def __init__(
+        self, art: Artifact, model: LD4MRec, device: torch.device, precision: Precision = "fp32"
+    ) -> None:
         self.artifact = art
         self.model = model
+        self.precision: Precision = precision
         projection = model.projection
         if not projection.matrix.flags.c_contiguous:
             # Fold-in is CSR @ projection; scipy copies a dense operand that is not C-ordered on every call
@@ -85,19 +90,21 @@ class Engine:
         self._indices = art.train_histories.indices.astype(np.int64)
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device) -> Engine:
-        """Read and verify the artifact (raises ``ArtifactError`` naming the file) and build the model."""
+    def load(cls, path: str | Path, device: torch.device, precision: Precision = "fp32") -> Engine:
+        """Read and verify the artifact (raises ``ArtifactError`` naming the file), build the model and
+        convert it to ``precision`` (raises ``PrecisionError`` for int8 on a GPU)."""
         art = read_artifact(path)
-        model = build_model(art, device)
+        model = to_precision(build_model(art, device), precision, inplace=True)
         log.info(
-            "loaded model %s (dataset %s, %d users, %d items) on %s",
+            "loaded model %s (dataset %s, %d users, %d items) on %s, precision %s",
             art.model_version,
             art.dataset,
             art.n_users,
             art.n_items,
             device,
+            precision,
         )
-        return cls(art, model, device)
+        return cls(art, model, device, precision)
 
     # -- id maps ---------------------------------------------------------------------------------------------
     def user_index(self, user_id: str) -> int:

@@ -38,13 +38,14 @@ ARTIFACT_LOC = ("body", "artifact")
 
 
 def load_engine(path: Path, settings: Settings) -> Engine:
-    """Read and verify the artifact, build the model, run one warm-up pass (call in a worker thread).
+    """Read and verify the artifact, build the model in ``settings.precision`` (start-up and every reload
+    alike), run one warm-up pass (call in a worker thread).
 
     Raises ``ArtifactError`` naming the offending file.
     """
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
-    engine = Engine.load(path, resolve_device(settings.device))
+    engine = Engine.load(path, resolve_device(settings.device), settings.precision)
     warm_up = engine.score([ScoringRequest(-1, np.zeros(0, dtype=np.int64), None, 1)])[0]
     if engine.n_items and warm_up.items.size == 0:
         raise ArtifactError(Path(path) / "weights.safetensors", "the model's scores are not finite")
@@ -108,7 +109,13 @@ class ModelReloader:
             log.exception("cannot serve: loading %s failed", path)
         else:
             self._install(engine)
-            log.info("ready: model %s, history store %s", engine.model_version, self._store.backend)
+            log.info(
+                "ready: model %s on %s, precision %s, history store %s",
+                engine.model_version,
+                engine.device,
+                engine.precision,
+                self._store.backend,
+            )
             return
         finally:
             self._busy = False
@@ -190,7 +197,13 @@ class ModelReloader:
             self._install(engine)
             self._metrics.model_reloads.labels(result="success").inc()
             seconds = time.perf_counter() - started
-            log.info("reloaded: model %s -> %s in %.2f s", previous, engine.model_version, seconds)
+            log.info(
+                "reloaded: model %s -> %s (precision %s) in %.2f s",
+                previous,
+                engine.model_version,
+                engine.precision,
+                seconds,
+            )
             return ReloadOutcome(previous, engine.model_version, Path(path), seconds)
         finally:
             self._busy = False

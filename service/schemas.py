@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from model.precision import Precision
+
 __all__ = [
     "ID_MAX_LENGTH",
     "BatchRecommendRequest",
@@ -120,6 +122,10 @@ class ModelResponse(BaseModel):
         description="offline metrics: {'valid': {...}, 'test': {...}}"
     )
     device: str
+    precision: Precision = Field(
+        description="weights of the served model: 'fp32', or 'int8' (dynamic int8 nn.Linear layers; "
+        "LD4MREC_PRECISION)"
+    )
     hyperparameters: dict[str, Any]
 
 

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Annotated
 
 import torch
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model.precision import Precision
 
 __all__ = ["Settings", "resolve_device"]
 
@@ -33,6 +35,13 @@ class Settings(BaseSettings):
     torch_threads: Annotated[
         int, Field(ge=0, le=256, description="intra-op threads of the forward pass; 0 = torch's default")
     ] = 0
+    precision: Annotated[
+        Precision,
+        Field(
+            description="weights of the served model: 'fp32' (as trained) or 'int8' (dynamic int8 "
+            "quantisation of every nn.Linear; CPU only)"
+        ),
+    ] = "fp32"
 
     # -- micro-batching -------------------------------------------------------------------------------------
     max_batch: Annotated[int, Field(ge=1, le=4096, description="users per forward pass, at most")] = 64
@@ -145,6 +154,21 @@ class Settings(BaseSettings):
     @classmethod
     def _blank_key_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
         return value if value is not None and value.get_secret_value().strip() else None
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _lower_precision(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _int8_runs_on_the_cpu(self) -> Settings:
+        if self.precision == "int8" and resolve_device(self.device).type != "cpu":
+            raise ValueError(
+                f"precision 'int8' runs on the CPU only (dynamic int8 quantisation has no CUDA kernels), "
+                f"but the device is {self.device!r} (-> {resolve_device(self.device)}): set "
+                f"LD4MREC_DEVICE=cpu to serve int8, or LD4MREC_PRECISION=fp32 on the GPU"
+            )
+        return self
 
     @property
     def max_wait_s(self) -> float:

@@ -14,7 +14,8 @@ router = APIRouter(tags=["model"], route_class=ReadKeyRoute, dependencies=[Depen
 
 @router.get("/model", response_model=ModelResponse, responses=ERRORS, summary="The loaded model")
 async def model_info(recommender: RecommenderDep) -> ModelResponse:
-    """Version, dataset, sizes, modalities, offline metrics and hyperparameters of the loaded model."""
+    """Version, dataset, sizes, modalities, offline metrics, device, precision and hyperparameters of the
+    loaded model."""
     engine = recommender.engine
     art = engine.artifact
     return ModelResponse(
@@ -26,5 +27,6 @@ async def model_info(recommender: RecommenderDep) -> ModelResponse:
         modalities=list(art.modality_names),
         metrics=art.metrics,
         device=str(engine.device),
+        precision=engine.precision,
         hyperparameters=art.train_config,
     )

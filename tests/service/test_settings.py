@@ -12,12 +12,22 @@ from service.settings import Settings, resolve_device
 
 
 def test_defaults_are_the_embedded_demo_setup(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("ARTIFACT", "REDIS_URL", "DEVICE", "MAX_BATCH", "MAX_WAIT_MS", "MAX_K", "API_KEY"):
+    for name in (
+        "ARTIFACT",
+        "REDIS_URL",
+        "DEVICE",
+        "PRECISION",
+        "MAX_BATCH",
+        "MAX_WAIT_MS",
+        "MAX_K",
+        "API_KEY",
+    ):
         monkeypatch.delenv(f"LD4MREC_{name}", raising=False)
     settings = Settings()
     assert settings.artifact == Path("artifacts/demo")
     assert settings.redis_url is None  # in-process history store
     assert settings.device == "auto"
+    assert settings.precision == "fp32"
     assert settings.api_key is None
     assert settings.max_batch >= 1 and settings.max_wait_ms >= 0 and settings.max_k >= 20
 
@@ -85,3 +95,32 @@ def test_limits_are_validated(monkeypatch: pytest.MonkeyPatch, name: str, value:
 def test_a_blank_api_key_means_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LD4MREC_API_KEY", "  ")
     assert Settings().api_key is None
+
+
+@pytest.mark.parametrize("value", ["int4", "fp16", "bf16", ""])
+def test_an_unknown_precision_is_refused_by_the_settings(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("LD4MREC_PRECISION", value)
+    with pytest.raises(ValidationError, match="precision"):
+        Settings(device="cpu")
+
+
+def test_the_precision_is_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LD4MREC_PRECISION", " INT8 ")
+    assert Settings(device="cpu").precision == "int8"
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_int8_on_a_gpu_is_refused_by_the_settings(device: str) -> None:
+    with pytest.raises(ValidationError, match="CPU only.*LD4MREC_DEVICE=cpu"):
+        Settings(device=device, precision="int8")
+    assert Settings(device=device, precision="fp32").precision == "fp32"
+
+
+def test_int8_with_the_auto_device_is_refused_only_where_cuda_is_there(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert Settings(device="auto", precision="int8").precision == "int8"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ValidationError, match="CPU only"):
+        Settings(device="auto", precision="int8")
