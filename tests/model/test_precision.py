@@ -78,7 +78,7 @@ def test_int8_scores_every_item_in_float32(art: Artifact) -> None:
 
 
 def test_int8_top20_stays_close_to_fp32_on_a_trained_artifact(art: Artifact) -> None:
-    """Measured on the tiny artifact (240 users, 150 items, hidden 64): mean overlap 0.975, min 0.90."""
+    """Measured on the tiny artifact (240 users, 150 items, hidden 64): mean overlap 0.972, min 0.90."""
     model = fp32_model(art)
     int8 = to_precision(model, "int8")
     users = np.nonzero(np.diff(art.train_histories.indptr) > 0)[0]
