@@ -133,13 +133,24 @@ class LD4MRec(nn.Module):
         return self.cnet.forward_hidden(h, self.initial_step_embedding(batch.user_index), batch.signals)
 
     def score_forward_noised(
-        self, batch: HistoryBatch, start_step: int, generator: torch.Generator | None = None
+        self,
+        batch: HistoryBatch,
+        start_step: int,
+        generator: torch.Generator | None = None,
+        schedule: DiffusionSchedule | None = None,
     ) -> torch.Tensor:
         """DiffRec-style inference: noise x_in to step t', then ``t'`` reverse steps (posterior means).
 
         ``start_step = 0`` denoises the clean x_in with T reverse steps (DiffRec's ``sampling_steps=0``).
+        ``schedule`` (default: the training one) may have another number of steps T' over the same noise
+        range; noising and posterior means then use it, and C-Net sees the training step
+        ``ceil(t * T / T')`` for its step t (the identity when T' = T).
         """
-        schedule = self.schedule
+        trained_steps = self.schedule.steps
+        if schedule is None:
+            schedule = self.schedule
+        if not 0 <= start_step <= schedule.steps:
+            raise ValueError(f"start_step must be in 0..{schedule.steps}, got {start_step}")
         x0 = batch.dense(self.n_items)
         if start_step > 0:
             step = torch.full((batch.size,), start_step, dtype=torch.long, device=x0.device)
@@ -151,7 +162,8 @@ class LD4MRec(nn.Module):
         z_in = self.initial_step_embedding(batch.user_index)
         history_len = x0.sum(dim=1)
         for t in range(first, 0, -1):
-            step = torch.full((batch.size,), t, dtype=torch.long, device=x0.device)
+            t_model = -(-t * trained_steps // schedule.steps)  # ceil(t * T / T')
+            step = torch.full((batch.size,), t_model, dtype=torch.long, device=x0.device)
             z = step_embedding(step, self.cnet.cfg.step_dim) + z_in
             h = self.cnet.embed_dense(x_t, history_len=history_len)
             x0_hat = self.cnet.forward_hidden(h, z, batch.signals)
