@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from model.precision import PRECISIONS
+
 __all__ = [
     "ManagedProcess",
     "ServiceConfig",
@@ -111,25 +113,39 @@ def start_redis(workdir: Path, timeout_s: float = 10.0) -> tuple[ManagedProcess,
 @dataclass(frozen=True)
 class ServiceConfig:
     """The service settings the benchmark varies (``LD4MREC_MAX_BATCH``, ``_MAX_WAIT_MS``,
-    ``_TORCH_THREADS``; 0 threads = torch's default, one per core)."""
+    ``_TORCH_THREADS``, ``_PRECISION``; 0 threads = torch's default, one per core)."""
 
     max_batch: int
     max_wait_ms: float
     torch_threads: int
+    precision: str = "fp32"
 
     @classmethod
     def parse(cls, text: str) -> ServiceConfig:
-        """``"MAX_BATCH:MAX_WAIT_MS:TORCH_THREADS"``, e.g. ``"64:2:1"``."""
+        """``"MAX_BATCH:MAX_WAIT_MS:TORCH_THREADS[:PRECISION]"``, e.g. ``"64:2:1"`` (fp32) or
+        ``"64:0:1:int8"``; PRECISION is one of :data:`model.precision.PRECISIONS`."""
+        usage = f"--config wants MAX_BATCH:MAX_WAIT_MS:TORCH_THREADS[:PRECISION], got {text!r}"
+        fields = text.split(":")
+        if len(fields) not in (3, 4):
+            raise ValueError(usage)
+        precision = fields[3].strip() if len(fields) == 4 else "fp32"
+        if precision not in PRECISIONS:
+            raise ValueError(f"{usage}: PRECISION is one of {', '.join(PRECISIONS)}")
         try:
-            batch, wait, threads = text.split(":")
-            return cls(int(batch), float(wait), int(threads))
+            return cls(int(fields[0]), float(fields[1]), int(fields[2]), precision)
         except ValueError:
-            raise ValueError(f"--config wants MAX_BATCH:MAX_WAIT_MS:TORCH_THREADS, got {text!r}") from None
+            raise ValueError(usage) from None
+
+    @property
+    def spec(self) -> str:
+        """The ``--config`` text of this configuration, precision always included (``"64:2:1:fp32"``)."""
+        return f"{self.max_batch}:{self.max_wait_ms:g}:{self.torch_threads}:{self.precision}"
 
     @property
     def label(self) -> str:
         return (
-            f"max_batch={self.max_batch} max_wait_ms={self.max_wait_ms:g} torch_threads={self.torch_threads}"
+            f"max_batch={self.max_batch} max_wait_ms={self.max_wait_ms:g} torch_threads={self.torch_threads} "
+            f"precision={self.precision}"
         )
 
     def env(self) -> dict[str, str]:
@@ -137,6 +153,7 @@ class ServiceConfig:
             "LD4MREC_MAX_BATCH": str(self.max_batch),
             "LD4MREC_MAX_WAIT_MS": str(self.max_wait_ms),
             "LD4MREC_TORCH_THREADS": str(self.torch_threads),
+            "LD4MREC_PRECISION": self.precision,
         }
 
 

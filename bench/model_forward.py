@@ -48,7 +48,7 @@ import torch
 from _machine import display_path, loadavg, machine_info, write_json
 from model.artifact import build_model, read_artifact
 from model.ld4mrec import HistoryBatch, LD4MRec
-from model.precision import quantise_int8, quantised_layers
+from model.precision import quantised_layers, to_precision
 from model.ranking import mask_items, top_k
 
 SPORTS_DIR = Path("/work/shared/datasets/sports")
@@ -162,17 +162,24 @@ INT8_NOTE = (
 )
 
 
+def sparse_variant(model: LD4MRec, precision: str) -> Variant:
+    """The service's path (sparse first layer) in a serving precision, as ``LD4MREC_PRECISION`` serves it:
+    ``sparse_fp32`` is ``model`` itself, ``sparse_int8`` a ``to_precision`` (``quantise_int8``) copy of it
+    (CPU only: raises ``PrecisionError`` for a model on a GPU)."""
+    return Variant(f"sparse_{precision}", "sparse", precision, to_precision(model, precision), torch.float32)
+
+
 def make_variants(model: LD4MRec, device: torch.device) -> tuple[list[Variant], dict[str, str]]:
     """The configurations to measure, and a note per skipped one."""
     fp32 = model.to(device).eval()
     variants = [
-        Variant("sparse_fp32", "sparse", "fp32", fp32, torch.float32),
+        sparse_variant(fp32, "fp32"),
         Variant("dense_fp32", "dense", "fp32", fp32, torch.float32),
         Variant("sparse_bf16", "sparse", "bf16", copy.deepcopy(fp32).to(torch.bfloat16), torch.bfloat16),
     ]
     skipped: dict[str, str] = {}
     if device.type == "cpu":
-        variants.append(Variant("sparse_int8", "sparse", "int8", quantise_int8(fp32), torch.float32))
+        variants.append(sparse_variant(fp32, "int8"))
     else:
         skipped["sparse_int8"] = "dynamic int8 quantisation runs on CPU only"
     return variants, skipped

@@ -9,17 +9,24 @@ What runs (all on loopback, every process stopped in a ``finally`` block):
    that size and history-length distribution when the dataset is absent. ``--quick`` without that cache
    uses an *untrained* (random-init) artifact of the same shape, built in seconds, and says so: the
    service does the same work for any weights.
-2. The model limit: ``sparse_fp32`` forward + history masking + top-20 of a batch of 32 users (and of 1
-   user, what the service runs at low rates), exactly as ``bench/model_forward.py`` measures it (its
-   functions are reused), in this process, before and after the load (pooled), with 1 torch thread,
-   torch's default and every count the service configurations use; the ratio takes the best.
-3. For each service configuration (``--config MAX_BATCH:MAX_WAIT_MS:TORCH_THREADS``): a fresh
+2. The model limit: the service path (sparse first layer) forward + history masking + top-20 of a batch of
+   32 users (and of 1 user, what the service runs at low rates), exactly as ``bench/model_forward.py``
+   measures it (its functions are reused: ``sparse_variant``, ``measure_batch_size``), at fp32 and at every
+   precision a configuration serves (int8: ``model.precision.to_precision``, what ``LD4MREC_PRECISION=int8``
+   serves), the precisions interleaved on the same requests, in this process, before and after the load
+   (pooled), with 1 torch thread, torch's default and every count the service configurations use; the
+   ratios take the best thread count. With int8 served, the top-20 overlap int8 vs fp32 on the served
+   artifact (``compare_precisions``, ``--overlap-users`` users) is reported too.
+3. For each service configuration (``--config MAX_BATCH:MAX_WAIT_MS:TORCH_THREADS[:PRECISION]``, precision
+   ``fp32`` by default or ``int8``, passed as ``LD4MREC_PRECISION`` and checked in ``GET /model``): a fresh
    ``redis-server`` database (``--save "" --appendonly no``) and ``python -m service`` (uvicorn) with
    ``LD4MREC_REDIS_URL``; a short warm-up; then **open-loop** steps: requests scheduled at a fixed rate
    whatever the answers do, latency measured from the scheduled send time (no coordinated omission),
-   rates rising by ``--rate-factor`` from 30 % of the model's batch-1 users/s until p99 > 50 ms or an
-   error, then ``--refine`` bisection steps between the last passing and the first failing rate. A step
-   lasts long enough for ``--min-requests`` requests (a p99 needs samples), between 1 and 3 x ``--step-s``.
+   rates rising by ``--rate-factor`` from 30 % of the model's batch-1 users/s *at the configuration's
+   precision* until p99 > 50 ms or an error, then ``--refine`` bisection steps between the last passing
+   and the first failing rate. A step lasts long enough for ``--min-requests`` requests (a p99 needs
+   samples), between 1 and 3 x ``--step-s``. With several configurations the sweep stops early enough to
+   leave the closed loop its time.
 4. On the best configuration: **closed-loop** steps with N = 1, 4, 16, 64 clients sending back to back;
    and (``--profile``, on in the full run) a py-spy profile of the service during one more closed-loop step
    (16 clients: the service saturated), summarised by thread, by layer of the stack and by function.
@@ -33,15 +40,25 @@ service runs with ``LD4MREC_API_KEY`` set). An error is any answer other than 2x
 Reported per step: p50 / p95 / p99 / max latency, achieved throughput (2xx answers per second of the
 step), errors, and the CPU used by the service, Redis and the load generator (which share the cores;
 in % of one core and in ms per request),
-the service's mean batch size, queue wait and forward time (from its ``/metrics``). Headline:
+the service's mean batch size, queue wait and forward time (from its ``/metrics``). Per configuration:
 ``max_rps_p99_under_50ms`` = the highest achieved throughput among open-loop steps with p99 <= 50 ms and
-no error (all request kinds counted); ``ratio_service_to_model`` = that / the model's users per second at
-batch 32 (the best over the measured thread counts; ``ratio_service_to_model_batch1`` likewise against
-batch 1); ``p50_ms`` / ``p99_ms`` of that step; ``errors`` = errors over every step of the run, overload
-steps included.
+no error (all request kinds counted); ``ratio_service_to_model_same_precision`` = that / the model's users
+per second at batch 32 *at the configuration's precision* (best thread count); ``ratio_service_to_model``
+= that / the **fp32** model's users per second at batch 32 (ratio (a) as worded: service throughput at
+p99 <= 50 ms over the raw model's at batch 32). Headline: the configuration with the highest
+``max_rps_p99_under_50ms`` (``best_config``, its ``--config`` text, and ``best_precision``), its
+``max_rps_p99_under_50ms``, ``ratio_service_to_model`` (vs fp32), ``ratio_service_to_model_same_precision``,
+``ratio_service_to_model_batch1`` (vs the fp32 model at batch 1), ``p50_ms`` / ``p99_ms`` of that step;
+``errors`` = errors over every step of the run, overload steps included; ``per_config`` repeats the three
+figures of every configuration; ``top20_overlap_int8_vs_fp32`` when int8 is served.
 
-    python bench/serve_load.py            # full run (~10 min) -> bench/results/serve_load.{json,png}
+Default configurations: full ``64:2:0 64:2:1 64:0:0 64:0:1:int8 64:2:1:int8 32:1:1:int8 64:8:0`` (fp32
+then int8; 64:8:0 last, the first cut when the time budget runs short); quick ``64:2:0``, the service
+defaults (fp32, the product's default precision): ``--quick --config 64:0:1:int8`` for a quick int8 run.
+
+    python bench/serve_load.py            # full run (~9-10 min) -> bench/results/serve_load.{json,png}
     python bench/serve_load.py --quick    # < 3 min -> bench/results/serve_load_quick.{json,png}
+    python bench/serve_load.py --quick --config 64:0:1:int8   # the same, int8 served
 
 The last line of stdout is one JSON object with the headline figures.
 """
@@ -51,6 +68,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
@@ -81,6 +99,7 @@ from _serve_stack import (
     start_service,
 )
 from model.artifact import Artifact, build_model, read_artifact
+from model.precision import PRECISIONS
 from model_forward import (
     SPORTS_DIR,
     SPORTS_ITEMS,
@@ -88,8 +107,10 @@ from model_forward import (
     TimingPlan,
     Variant,
     Workload,
+    compare_precisions,
     measure_batch_size,
     request_pool,
+    sparse_variant,
     synthetic_histories,
 )
 
@@ -100,8 +121,10 @@ SLO_MS = 50.0
 MODEL_BATCH = 32  # the ratio's reference
 MODEL_BATCHES = (1, MODEL_BATCH)  # batch 1: what the service runs at low rates
 CLOSED_CLIENTS = (1, 4, 16, 64)
-FULL_CONFIGS = ("64:2:0", "64:2:1", "64:0:0", "64:8:0")
-QUICK_CONFIGS = ("64:2:0",)  # the service defaults
+# fp32 (3 fields) and int8; 64:8:0 last: the first cut if the time budget runs short (worst in earlier runs)
+FULL_CONFIGS = ("64:2:0", "64:2:1", "64:0:0", "64:0:1:int8", "64:2:1:int8", "32:1:1:int8", "64:8:0")
+QUICK_CONFIGS = ("64:2:0",)  # the service defaults (LD4MREC_PRECISION defaults to fp32)
+OVERLAP_BATCH = 256
 Log = Callable[[str], None]
 
 
@@ -205,11 +228,21 @@ def model_workload(art: Artifact) -> Workload:
     )
 
 
+def model_precisions(configs: Sequence[ServiceConfig]) -> list[str]:
+    """The precisions whose model limit is measured: fp32 (the reference of ``ratio_service_to_model``)
+    and every precision a configuration serves, in the order of ``PRECISIONS``."""
+    served = {"fp32"} | {c.precision for c in configs}
+    return [p for p in PRECISIONS if p in served]
+
+
+ModelLatencies = dict[tuple[str, int, int], list[float]]  # (precision, torch threads, batch) -> seconds
+
+
 def measure_model(
-    work: Workload, thread_counts: Sequence[int], plan: TimingPlan, seed: int
-) -> dict[tuple[int, int], list[float]]:
-    """Latencies (s) of ``sparse_fp32`` requests per (torch threads, batch) for MODEL_BATCHES."""
-    variant = Variant("sparse_fp32", "sparse", "fp32", work.model, torch.float32)
+    variants: Sequence[Variant], work: Workload, thread_counts: Sequence[int], plan: TimingPlan, seed: int
+) -> ModelLatencies:
+    """Latencies (s) of ``sparse_<precision>`` requests per (precision, torch threads, batch) for
+    MODEL_BATCHES; the precisions are interleaved on the same requests (``measure_batch_size``)."""
     rng = np.random.default_rng(seed)
     pools = {b: request_pool(work, b, n_batches=16, rng=rng) for b in MODEL_BATCHES}
     out = {}
@@ -218,17 +251,19 @@ def measure_model(
         for threads in thread_counts:
             torch.set_num_threads(threads)
             for batch, pool in pools.items():
-                (m,) = measure_batch_size([variant], pool, batch, plan, torch.device("cpu"))
-                out[threads, batch] = m.latencies_s
+                measured = measure_batch_size(variants, pool, batch, plan, torch.device("cpu"))
+                for v, m in zip(variants, measured, strict=True):
+                    out[v.precision, threads, batch] = m.latencies_s
     finally:
         torch.set_num_threads(default_threads)
     return out
 
 
-def model_summary(latencies_s: Sequence[float], threads: int, batch: int) -> dict[str, Any]:
+def model_summary(latencies_s: Sequence[float], precision: str, threads: int, batch: int) -> dict[str, Any]:
     lat = np.asarray(latencies_s)
     p50, p99 = np.percentile(lat, [50, 99])
     return {
+        "precision": precision,
         "threads": threads,
         "batch": batch,
         "repeats": int(lat.size),
@@ -238,12 +273,43 @@ def model_summary(latencies_s: Sequence[float], threads: int, batch: int) -> dic
     }
 
 
-def model_line(model_lat: dict[tuple[int, int], list[float]]) -> str:
-    return ", ".join(
-        f"batch {b} {t} threads {model_summary(v, t, b)['users_per_s']:.0f} users/s "
-        f"({1e3 * float(np.median(v)):.1f} ms)"
-        for (t, b), v in sorted(model_lat.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+def model_rows(model_lat: ModelLatencies) -> list[dict[str, Any]]:
+    """One summary per (precision, threads, batch), ordered by precision, batch, threads."""
+    order = sorted(model_lat, key=lambda k: (PRECISIONS.index(k[0]), k[2], k[1]))
+    return [model_summary(model_lat[p, t, b], p, t, b) for p, t, b in order]
+
+
+def model_best(rows: Sequence[dict[str, Any]], precision: str, batch: int) -> dict[str, Any]:
+    """The row of ``precision`` at ``batch`` with the most users/s (the best thread count)."""
+    return max(
+        (r for r in rows if r["precision"] == precision and r["batch"] == batch),
+        key=lambda r: r["users_per_s"],
     )
+
+
+def model_line(model_lat: ModelLatencies) -> str:
+    return "; ".join(
+        f"{r['precision']} batch {r['batch']} {r['threads']} threads {r['users_per_s']:.0f} users/s "
+        f"({r['median_ms']:.1f} ms)"
+        for r in model_rows(model_lat)
+    )
+
+
+def served_overlap(
+    variants: Sequence[Variant], work: Workload, n_users: int, seed: int
+) -> dict[str, Any] | None:
+    """Top-20 of each reduced precision vs fp32 on the served artifact (``compare_precisions``), over
+    ``n_users`` random users with a history, 1 torch thread; None when only fp32 is served."""
+    if len(variants) < 2 or n_users <= 0:
+        return None
+    users = np.random.default_rng(seed).permutation(work.users)[:n_users]
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        compared = compare_precisions(variants, work, users, torch.device("cpu"), batch=OVERLAP_BATCH)
+    finally:
+        torch.set_num_threads(default_threads)
+    return {"users": int(len(users)), "batch": OVERLAP_BATCH, "weights": work.weights, **compared}
 
 
 # -- one service session -------------------------------------------------------------------------------------
@@ -358,6 +424,14 @@ class Session:
                     return
                 await asyncio.sleep(0.2)
 
+    async def served_precision(self) -> str | None:
+        """The precision the service says it serves (``GET /model``)."""
+        async with httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=5.0) as client:
+            resp = await client.get("/model")
+            resp.raise_for_status()
+            precision = resp.json().get("precision")
+            return str(precision) if precision is not None else None
+
     async def warm_up(self, seconds: float) -> None:
         """8 clients back to back for ``seconds`` (first passes, connection pools, caches)."""
         requests = self.factory.make(4000)
@@ -443,8 +517,9 @@ def utc_now() -> str:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    """Left: open-loop p99 and p50 vs offered load per configuration (log-log), the SLO and the model's
-    limits (batch 1 and 32, best thread count) marked. Right: closed-loop latency and throughput vs the
+    """Left: open-loop p99 and p50 vs offered load, one line per configuration (label with its precision;
+    log-log), the SLO and the model's limits (batch 1 and 32, best thread count, per measured precision)
+    marked. Right: closed-loop latency and throughput vs the
     number of clients."""
     import matplotlib
 
@@ -456,11 +531,11 @@ def plot(results: dict[str, Any], path: Path) -> None:
         steps = cfg["open_loop"]
         if not steps:
             continue
-        colour = f"C{i}"
-        env = cfg["settings"]
-        short = f"{env['LD4MREC_MAX_BATCH']}:{env['LD4MREC_MAX_WAIT_MS']}:{env['LD4MREC_TORCH_THREADS']}"
+        colour = f"C{i % 10}"
+        short = cfg["spec"]
+        marker = "o" if cfg["precision"] == "fp32" else "s"
         x = [s["offered_rps"] for s in steps]
-        ax_open.plot(x, [s["p99_ms"] for s in steps], "o-", color=colour, label=f"{short} p99")
+        ax_open.plot(x, [s["p99_ms"] for s in steps], f"{marker}-", color=colour, label=f"{short} p99")
         ax_open.plot(x, [s["p50_ms"] for s in steps], "x--", color=colour, alpha=0.5, label=f"{short} p50")
         bad = [s for s in steps if s["errors"]]
         if bad:
@@ -473,16 +548,18 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 label="step with errors",
             )
     ax_open.axhline(SLO_MS, color="grey", linestyle=":")
-    for row, style in (
-        (results["headline_model"]["batch1"], "--"),
-        (results["headline_model"]["batch32"], ":"),
-    ):
-        ax_open.axvline(row["users_per_s"], color="black", linestyle=style, linewidth=1)
-        ax_open.annotate(
-            f" model, batch {row['batch']}:\n {row['users_per_s']:.0f} users/s",
-            (row["users_per_s"], SLO_MS * 4),
-            fontsize=7,
-        )
+    model_colours = {"fp32": "black", "int8": "purple"}
+    for j, (precision, rows) in enumerate(results["headline_model"]["by_precision"].items()):
+        for row, style in ((rows["batch1"], "--"), (rows["batch32"], ":")):
+            colour = model_colours.get(precision, "brown")
+            ax_open.axvline(row["users_per_s"], color=colour, linestyle=style, linewidth=1)
+            ax_open.annotate(  # x in data, y in axes fraction: inside the plot whatever the latencies
+                f" model {precision}, batch {row['batch']}:\n {row['users_per_s']:.0f} users/s",
+                (row["users_per_s"], 0.93 - 0.1 * j),
+                xycoords=ax_open.get_xaxis_transform(),
+                fontsize=7,
+                color=colour,
+            )
     ax_open.set(
         xlabel="offered load (requests/s, open loop)",
         ylabel="latency (ms, from the scheduled send)",
@@ -490,7 +567,9 @@ def plot(results: dict[str, Any], path: Path) -> None:
         yscale="log",
         title=f"Open loop: latency vs offered load (SLO p99 {SLO_MS:g} ms)",
     )
-    ax_open.legend(fontsize=7, title="MAX_BATCH:MAX_WAIT_MS:THREADS", title_fontsize=7, loc="lower right")
+    ax_open.legend(
+        fontsize=7, title="MAX_BATCH:MAX_WAIT_MS:THREADS:PRECISION", title_fontsize=7, loc="lower right"
+    )
     closed = results.get("closed_loop") or []
     if closed:
         n = [s["clients"] for s in closed]
@@ -502,9 +581,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
             ylabel="latency (ms)",
             xscale="log",
             yscale="log",
-            title=f"Closed loop ({results.get('closed_loop_config', '')})",
+            title=f"Closed loop ({results.get('closed_loop_spec', '')})",
         )
         ax_closed.set_xticks(n, [str(c) for c in n])
+        ax_closed.set_xticks([], minor=True)
         ax_rps = ax_closed.twinx()
         ax_rps.plot(n, [s["achieved_rps"] for s in closed], "s-", color="C2", label="throughput")
         ax_rps.set_ylabel("achieved throughput (requests/s)", color="C2")
@@ -551,9 +631,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--config",
         action="append",
         default=None,
-        metavar="MAX_BATCH:MAX_WAIT_MS:THREADS",
+        metavar="MAX_BATCH:MAX_WAIT_MS:THREADS[:PRECISION]",
         help=f"service settings, repeatable (default full: {' '.join(FULL_CONFIGS)}; "
-        f"quick: {' '.join(QUICK_CONFIGS)}); THREADS 0 = torch's default",
+        f"quick: {' '.join(QUICK_CONFIGS)}); THREADS 0 = torch's default; PRECISION "
+        f"{' | '.join(PRECISIONS)} (LD4MREC_PRECISION, default fp32)",
     )
     p.add_argument("--mix", default="get=0.9,write=0.05,cold=0.05", help="request kinds and shares")
     p.add_argument(
@@ -589,7 +670,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--model-budget-s",
         type=float,
         default=None,
-        help="timed seconds of the model limit per thread count, before and after the load (3, quick 1.5)",
+        help="timed seconds of the model limit per precision, batch and thread count, before and after the "
+        "load (3, quick 1.5)",
     )
     p.add_argument("--timeout-s", type=float, default=5.0, help="client timeout per request (an error)")
     p.add_argument(
@@ -610,7 +692,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--budget-min",
         type=float,
         default=None,
-        help="stop starting new steps after this many minutes (default 11, quick 2.6)",
+        help="stop starting new steps after this many minutes (default 9.5, quick 2.6)",
+    )
+    p.add_argument(
+        "--overlap-users",
+        type=int,
+        default=None,
+        help="users of the top-20 overlap of each served reduced precision vs fp32 (2048, quick 512; 0: off)",
     )
     p.add_argument("--train-timeout-s", type=float, default=1800, help="bound on building the artifact")
     p.add_argument("--device", default="cpu", help="LD4MREC_DEVICE of the service (and of the model limit)")
@@ -630,19 +718,26 @@ async def run_configs(
     artifact: Path,
     configs: Sequence[ServiceConfig],
     factory_of: Callable[[int], RequestFactory],
-    start_rps: float,
+    start_rps: dict[str, float],
     budget: Budget,
     workdir: Path,
     log: Log,
 ) -> dict[str, Any]:
-    """Open-loop search per configuration, then closed loop and profile on the best one."""
+    """Open-loop search per configuration (from ``start_rps`` of its precision), then closed loop and
+    profile on the best one. With several configurations the sweep stops early enough to leave the closed
+    loop its time."""
     api_key = secrets.token_hex(16)
     redis, redis_url = start_redis(workdir)
     out: dict[str, Any] = {"configs": [], "closed_loop": [], "profile": None, "pids": [redis.pid]}
+    sweep = budget
+    if len(configs) > 1:
+        closed_steps = len([c for c in args.clients.split(",") if c.strip()]) + int(bool(args.profile))
+        reserve_s = closed_steps * (budget.step_s + 3) + args.warmup_s + 10
+        sweep = dataclasses.replace(budget, deadline=budget.deadline - reserve_s)
     try:
         sessions_done: dict[ServiceConfig, dict[str, Any]] = {}
         for i, cfg in enumerate(configs):
-            if budget.left() < 30:
+            if sweep.left() < 30:
                 log(f"\n[{cfg.label}] skipped: time budget reached")
                 continue
             log(f"\n[{cfg.label}] starting the service")
@@ -662,15 +757,22 @@ async def run_configs(
                     client_cpus=args.client_cpus,
                     workdir=workdir,
                 )
+                served = await session.served_precision()
+                if served != cfg.precision:
+                    raise RuntimeError(f"[{cfg.label}] the service says it serves precision {served!r}")
                 await session.warm_up(args.warmup_s)
-                log(f"  ready in {start_s:.1f} s, warmed up")
+                log(f"  ready in {start_s:.1f} s (precision {served}), warmed up")
+                rate0 = start_rps[cfg.precision]
                 steps = await open_loop_search(
-                    session, start_rps, args.rate_factor, args.refine, args.max_steps, budget, log
+                    session, rate0, args.rate_factor, args.refine, args.max_steps, sweep, log
                 )
                 record = {
                     "config": cfg.label,
+                    "spec": cfg.spec,
+                    "precision": cfg.precision,
                     "settings": cfg.env(),
                     "start_s": round(start_s, 1),
+                    "start_rps": rate0,
                     "open_loop": steps,
                     "max_rps_p99_under_50ms": max_passing(steps),
                 }
@@ -714,7 +816,12 @@ async def closed_and_profile(
     workdir: Path,
     log: Log,
 ) -> dict[str, Any]:
-    out: dict[str, Any] = {"closed_loop_config": record["config"], "closed_loop": [], "profile": None}
+    out: dict[str, Any] = {
+        "closed_loop_config": record["config"],
+        "closed_loop_spec": record["spec"],
+        "closed_loop": [],
+        "profile": None,
+    }
     for n in [int(c) for c in args.clients.split(",") if c.strip()]:
         if budget.left() < budget.step_s + 2:
             log("  (time budget reached: closed loop stopped)")
@@ -795,10 +902,21 @@ def main(argv: Sequence[str] | None = None, log: Log = print) -> dict[str, Any]:
     args.profile = (not args.quick) if args.profile is None else args.profile
     args.warmup_s = args.warmup_s if args.warmup_s is not None else (1.5 if args.quick else 3.0)
     args.model_budget_s = args.model_budget_s or (1.5 if args.quick else 3.0)
-    budget_min = args.budget_min or (2.6 if args.quick else 11.0)
-    configs = [
-        ServiceConfig.parse(c) for c in (args.config or (QUICK_CONFIGS if args.quick else FULL_CONFIGS))
-    ]
+    budget_min = args.budget_min or (2.6 if args.quick else 9.5)
+    args.overlap_users = (
+        args.overlap_users if args.overlap_users is not None else (512 if args.quick else 2048)
+    )
+    try:
+        configs = [
+            ServiceConfig.parse(c) for c in (args.config or (QUICK_CONFIGS if args.quick else FULL_CONFIGS))
+        ]
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    cuda = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
+    if cuda and any(c.precision != "fp32" for c in configs):
+        raise SystemExit(
+            f"--device {args.device}: the service serves int8 on the CPU only (fp32 configurations)"
+        )
     mix = Mix.parse(args.mix)
     out = args.out or RESULTS_DIR / ("serve_load_quick.json" if args.quick else "serve_load.json")
     png = out.with_suffix(".png")
@@ -821,12 +939,15 @@ def main(argv: Sequence[str] | None = None, log: Log = print) -> dict[str, Any]:
     min_requests = args.min_requests or (300 if args.quick else 800)
     budget = Budget(args.step_s, min_requests, args.timeout_s + 1.0, time.monotonic() + 60 * budget_min)
 
-    # model limit, part 1 (before the load): 1 thread, torch's default, and what the configurations use
+    # model limit, part 1 (before the load): 1 thread, torch's default, and what the configurations use;
+    # at fp32 and at every precision a configuration serves
     default_threads = torch.get_num_threads()
     thread_counts = sorted({1, default_threads} | {c.torch_threads or default_threads for c in configs})
     work = model_workload(art)
+    precisions = model_precisions(configs)
+    variants = [sparse_variant(work.model, p) for p in precisions]
     plan = TimingPlan(warmup=3, budget_s=args.model_budget_s, rounds=2, min_repeats=10)
-    model_lat = measure_model(work, thread_counts, plan, args.seed)
+    model_lat = measure_model(variants, work, thread_counts, plan, args.seed)
     log("model limit (before): " + model_line(model_lat))
     pre = np.diff(art.train_histories.indptr) > 0
     user_ids = [art.user_ids[u] for u in np.nonzero(pre)[0].tolist()]
@@ -835,22 +956,37 @@ def main(argv: Sequence[str] | None = None, log: Log = print) -> dict[str, Any]:
     def factory_of(seed: int) -> RequestFactory:
         return RequestFactory(user_ids, art.item_ids, weights, mix, seed)
 
-    batch1 = max(model_summary(v, t, b)["users_per_s"] for (t, b), v in model_lat.items() if b == 1)
-    start_rps = args.start_rps or max(5.0, round(0.3 * batch1))
+    rows_before = model_rows(model_lat)
+    start_rps = {
+        p: args.start_rps or max(5.0, round(0.3 * model_best(rows_before, p, 1)["users_per_s"]))
+        for p in precisions
+    }
     with tempfile.TemporaryDirectory(prefix="serve-load-") as tmp:
         results = asyncio.run(
             run_configs(args, choice.path, configs, factory_of, start_rps, budget, Path(tmp), log)
         )
 
     # model limit, part 2 (after the load), pooled with part 1
-    for key, v in measure_model(work, thread_counts, plan, args.seed + 1).items():
+    for key, v in measure_model(variants, work, thread_counts, plan, args.seed + 1).items():
         model_lat[key] = model_lat[key] + v
-    model_rows = [
-        model_summary(v, t, b) for (t, b), v in sorted(model_lat.items(), key=lambda kv: kv[0][::-1])
-    ]
-    model_best = max((r for r in model_rows if r["batch"] == MODEL_BATCH), key=lambda r: r["users_per_s"])
-    model_b1 = max((r for r in model_rows if r["batch"] == 1), key=lambda r: r["users_per_s"])
+    rows = model_rows(model_lat)
+    by_precision = {
+        p: {"batch1": model_best(rows, p, 1), "batch32": model_best(rows, p, MODEL_BATCH)} for p in precisions
+    }
+    model_b32, model_b1 = by_precision["fp32"]["batch32"], by_precision["fp32"]["batch1"]
+    overlap = served_overlap(variants, work, args.overlap_users, args.seed + 2)
+    overlap_n = overlap["users"] if overlap else 0
+    compared = {k: v for k, v in (overlap or {}).items() if isinstance(v, dict)}  # per variant
     machine["loadavg_1_5_15_at_end"] = loadavg()
+
+    # ratio (a) per configuration: against the model at its own precision and against fp32
+    for record in results["configs"]:
+        rps = record["max_rps_p99_under_50ms"] or 0.0
+        same = by_precision[record["precision"]]
+        record["model_users_per_s_batch32_same_precision"] = same["batch32"]["users_per_s"]
+        record["ratio_service_to_model_same_precision"] = round(rps / same["batch32"]["users_per_s"], 3)
+        record["ratio_service_to_model"] = round(rps / model_b32["users_per_s"], 3)
+        record["ratio_service_to_model_batch1_same_precision"] = round(rps / same["batch1"]["users_per_s"], 3)
 
     all_steps = [s for c in results["configs"] for s in c["open_loop"]] + results["closed_loop"]
     best = max(results["configs"], key=lambda c: c["max_rps_p99_under_50ms"] or 0, default=None)
@@ -858,18 +994,40 @@ def main(argv: Sequence[str] | None = None, log: Log = print) -> dict[str, Any]:
     if best is not None and best["max_rps_p99_under_50ms"]:
         best_step = max((s for s in best["open_loop"] if passes_slo(s)), key=lambda s: s["achieved_rps"])
     max_rps = best_step["achieved_rps"] if best_step else 0.0
+    best_model = by_precision[best["precision"] if best else "fp32"]["batch32"]
     loads = [s["loadavg_1m"] for s in all_steps]
     headline: dict[str, Any] = {
         "p50_ms": best_step["p50_ms"] if best_step else None,
         "p99_ms": best_step["p99_ms"] if best_step else None,
         "max_rps_p99_under_50ms": max_rps,
-        "ratio_service_to_model": round(max_rps / model_best["users_per_s"], 3),
+        "ratio_service_to_model": round(max_rps / model_b32["users_per_s"], 3),
         "errors": sum(s["errors"] for s in all_steps),
-        "model_users_per_s_batch32": model_best["users_per_s"],
-        "model_threads": model_best["threads"],
+        "ratio_service_to_model_same_precision": round(max_rps / best_model["users_per_s"], 3),
+        "best_config": best["spec"] if best else None,
+        "best_precision": best["precision"] if best else None,
+        "model_users_per_s_batch32": model_b32["users_per_s"],
+        "model_threads": model_b32["threads"],
+        "model_users_per_s_batch32_same_precision": best_model["users_per_s"],
+        "model_threads_same_precision": best_model["threads"],
         "model_users_per_s_batch1": model_b1["users_per_s"],
         "ratio_service_to_model_batch1": round(max_rps / model_b1["users_per_s"], 3),
-        "best_config": best["config"] if best else None,
+        **{
+            f"model_users_per_s_batch32_{p}": by_precision[p]["batch32"]["users_per_s"]
+            for p in precisions
+            if p != "fp32"
+        },
+        **{
+            f"top20_overlap_{name.removeprefix('sparse_')}_vs_fp32": v["top20_overlap_vs_fp32"]
+            for name, v in compared.items()
+        },
+        "per_config": {
+            c["spec"]: {
+                "max_rps_p99_under_50ms": c["max_rps_p99_under_50ms"],
+                "ratio_service_to_model": c["ratio_service_to_model"],
+                "ratio_service_to_model_same_precision": c["ratio_service_to_model_same_precision"],
+            }
+            for c in results["configs"]
+        },
         "artifact": choice.origin,
         "n_items": art.n_items,
         "mode": "quick" if args.quick else "full",
@@ -922,12 +1080,23 @@ def main(argv: Sequence[str] | None = None, log: Log = print) -> dict[str, Any]:
             + "; its CPU time is reported per step",
             "redis": "redis-server on a free loopback port, --save '' --appendonly no; FLUSHDB per "
             "configuration",
-            "model_limit": f"sparse_fp32 batch {MODEL_BATCHES} (bench/model_forward.py functions): from_csr "
-            "+ model.score + mask_items + top_k(20), in this process before and after the load, pooled; "
-            "users/s = batch / median",
+            "model_limit": f"sparse_<precision> for precisions {precisions} (fp32 and every precision "
+            f"served), batch {MODEL_BATCHES}, torch threads {thread_counts} (bench/model_forward.py "
+            "functions: sparse_variant, measure_batch_size, precisions interleaved on the same requests): "
+            "from_csr + "
+            "model.score + mask_items + top_k(20), in this process before and after the load, pooled; "
+            "users/s = batch / median; the best thread count is taken",
+            "ratios": "per configuration: ratio_service_to_model_same_precision = its max_rps_p99_under_50ms "
+            "/ the model's batch-32 users/s at the configuration's precision; ratio_service_to_model = the "
+            "same / the fp32 model's batch-32 users/s (ratio (a) as the issue words it). Headline: those of "
+            "the configuration with the highest max_rps_p99_under_50ms (best_config)",
+            "overlap": f"precision_vs_fp32: compare_precisions (bench/model_forward.py) on the served "
+            f"artifact, {args.overlap_users} random users with a history, batches of {OVERLAP_BATCH}, "
+            "1 torch thread; null when only fp32 is served",
         },
-        "model_limit": model_rows,
-        "headline_model": {"batch1": model_b1, "batch32": model_best},
+        "model_limit": rows,
+        "headline_model": {"batch1": model_b1, "batch32": model_b32, "by_precision": by_precision},
+        "precision_vs_fp32": overlap,
         **results,
         "headline": headline,
     }
@@ -936,13 +1105,21 @@ def main(argv: Sequence[str] | None = None, log: Log = print) -> dict[str, Any]:
 
     for cfg in results["configs"]:
         print_table(
-            f"open loop, {cfg['config']} (max rps at p99 <= {SLO_MS:g} ms: {cfg['max_rps_p99_under_50ms']})",
+            f"open loop, {cfg['config']} (max rps at p99 <= {SLO_MS:g} ms: {cfg['max_rps_p99_under_50ms']}; "
+            f"ratio vs model batch 32 at {cfg['precision']} {cfg['ratio_service_to_model_same_precision']}, "
+            f"vs fp32 {cfg['ratio_service_to_model']})",
             cfg["open_loop"],
             log,
         )
     if results["closed_loop"]:
         print_table(f"closed loop, {results['closed_loop_config']}", results["closed_loop"], log)
-    log("\nmodel limit (sparse_fp32, pooled before+after): " + model_line(model_lat))
+    log("\nmodel limit (sparse, pooled before+after): " + model_line(model_lat))
+    for name, o in compared.items():
+        log(
+            f"top-20 {name} vs sparse_fp32 on the served artifact ({overlap_n} users): "
+            f"mean overlap {o['top20_overlap_vs_fp32']:.4f}, min {o['min_top20_overlap']:.2f}, identical "
+            f"{o['identical_top20_share']:.3f}"
+        )
     prof = results.get("profile")
     if prof and "self_pct" in prof:
         log(f"\nprofile of the service, closed loop {prof['clients']} clients ({prof['samples']} samples):")
@@ -955,8 +1132,11 @@ def main(argv: Sequence[str] | None = None, log: Log = print) -> dict[str, Any]:
         log("  innermost fn %:     " + "; ".join(f"{k} {v}" for k, v in prof["self_pct"][:8]))
     log(
         f"\nmax rps at p99 <= {SLO_MS:g} ms: {max_rps} ({headline['best_config']}); model at batch 32: "
-        f"{model_best['users_per_s']} users/s; ratio {headline['ratio_service_to_model']} "
-        f"(vs batch 1: {headline['ratio_service_to_model_batch1']})"
+        f"fp32 {model_b32['users_per_s']} users/s, {headline['best_precision']} "
+        f"{best_model['users_per_s']} users/s; "
+        f"ratio vs fp32 {headline['ratio_service_to_model']}, vs the same precision "
+        f"{headline['ratio_service_to_model_same_precision']} (vs fp32 batch 1: "
+        f"{headline['ratio_service_to_model_batch1']})"
     )
     log(f"wrote {display_path(out)} and {display_path(png)} in {payload['seconds']:.0f} s")
     log(json.dumps(headline))

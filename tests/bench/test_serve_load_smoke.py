@@ -1,7 +1,8 @@
 """Smoke test of bench/serve_load.py: one very short run on the tiny artifact (its own redis-server and
-service on free loopback ports; one open-loop step, one closed-loop step). Checks the output contract: the
-last stdout line is a JSON object with the headline keys, the JSON file and the PNG are written, and every
-process it started is gone. Speed is not asserted here."""
+service on free loopback ports; one open-loop step, one closed-loop step), the service in int8 (a 4-field
+``--config``). Checks the output contract: the last stdout line is a JSON object with the headline keys,
+the model limit is measured at fp32 and int8, both ratios and the int8 vs fp32 top-20 overlap are reported,
+the JSON file and the PNG are written, and every process it started is gone. Speed is not asserted here."""
 
 from __future__ import annotations
 
@@ -15,7 +16,15 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "serve_load.py"
-HEADLINE_KEYS = {"p50_ms", "p99_ms", "max_rps_p99_under_50ms", "ratio_service_to_model", "errors"}
+HEADLINE_KEYS = {
+    "p50_ms",
+    "p99_ms",
+    "max_rps_p99_under_50ms",
+    "ratio_service_to_model",
+    "errors",
+    "ratio_service_to_model_same_precision",
+    "best_config",
+}
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
@@ -26,7 +35,7 @@ def test_short_run_on_tiny_artifact_writes_headline_json_and_png(tiny_artifact: 
         "--artifact",
         str(tiny_artifact),
         "--config",
-        "8:2:1",
+        "8:2:1:int8",
         "--start-rps",
         "20",
         "--max-steps",
@@ -43,6 +52,8 @@ def test_short_run_on_tiny_artifact_writes_headline_json_and_png(tiny_artifact: 
         "0.3",
         "--model-budget-s",
         "0.1",
+        "--overlap-users",
+        "64",
         "--no-profile",
         "--out",
         str(out),
@@ -54,10 +65,27 @@ def test_short_run_on_tiny_artifact_writes_headline_json_and_png(tiny_artifact: 
     assert headline.keys() >= HEADLINE_KEYS
     assert headline["errors"] == 0
     assert headline["model_users_per_s_batch32"] > 0
+    assert headline["best_config"] == "8:2:1:int8" and headline["best_precision"] == "int8"
+    assert headline["model_users_per_s_batch32_same_precision"] == headline["model_users_per_s_batch32_int8"]
+    assert 0.0 < headline["top20_overlap_int8_vs_fp32"] <= 1.0
 
     payload = json.loads(out.read_text(encoding="utf-8"))
     assert payload["headline"] == headline
     (config,) = payload["configs"]
+    assert config["precision"] == "int8" and config["settings"]["LD4MREC_PRECISION"] == "int8"
+    assert {(r["precision"], r["batch"]) for r in payload["model_limit"]} == {
+        (p, b) for p in ("fp32", "int8") for b in (1, 32)
+    }
+    by_precision = payload["headline_model"]["by_precision"]
+    rps = config["max_rps_p99_under_50ms"] or 0.0
+    int8_b32, fp32_b32 = (
+        by_precision["int8"]["batch32"]["users_per_s"],
+        by_precision["fp32"]["batch32"]["users_per_s"],
+    )
+    assert config["ratio_service_to_model_same_precision"] == round(rps / int8_b32, 3)
+    assert config["ratio_service_to_model"] == round(rps / fp32_b32, 3)
+    assert payload["precision_vs_fp32"]["users"] == 64
+    assert "sparse_int8" in payload["precision_vs_fp32"]
     (step,) = config["open_loop"]
     assert step["offered_rps"] == 20
     assert step["sent"] == step["ok"] + step["errors"] == 10

@@ -1,0 +1,41 @@
+"""``--config`` of bench/serve_load.py (``_serve_stack.ServiceConfig``): the 3-field form serves fp32, the
+optional 4th field is the precision passed to the service as ``LD4MREC_PRECISION``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+from _serve_stack import ServiceConfig  # noqa: E402
+
+
+def test_three_fields_serve_fp32() -> None:
+    cfg = ServiceConfig.parse("64:2:1")
+    assert cfg == ServiceConfig(64, 2.0, 1, "fp32")
+    assert cfg.spec == "64:2:1:fp32"
+    assert cfg.env() == {
+        "LD4MREC_MAX_BATCH": "64",
+        "LD4MREC_MAX_WAIT_MS": "2.0",
+        "LD4MREC_TORCH_THREADS": "1",
+        "LD4MREC_PRECISION": "fp32",
+    }
+    assert ServiceConfig.parse("64:2:1:fp32") == cfg
+
+
+def test_fourth_field_is_the_precision() -> None:
+    cfg = ServiceConfig.parse("32:0.5:0:int8")
+    assert (cfg.max_batch, cfg.max_wait_ms, cfg.torch_threads, cfg.precision) == (32, 0.5, 0, "int8")
+    assert cfg.env()["LD4MREC_PRECISION"] == "int8"
+    assert cfg.spec == "32:0.5:0:int8"
+    assert "precision=int8" in cfg.label
+    assert ServiceConfig.parse(cfg.spec) == cfg
+
+
+@pytest.mark.parametrize("text", ["64:2", "64:2:1:int8:x", "64:2:1:bf16", "a:2:1", "64:2:1:"])
+def test_malformed_configs_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="MAX_BATCH:MAX_WAIT_MS:TORCH_THREADS"):
+        ServiceConfig.parse(text)
