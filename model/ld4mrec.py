@@ -28,6 +28,13 @@ class DiffusionConfig:
     noise_scale: float = 0.1
     noise_min: float = 1e-4
     noise_max: float = 0.02
+    # step embedding of forward-free inference: 0 = z_in(u) alone (the paper's Algorithm 2); t >= 1 =
+    # sin_emb(t) + z_in(u), the embedding C-Net saw in training for step t (still one pass, no noise)
+    inference_step: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.inference_step <= self.steps:
+            raise ValueError(f"inference_step must be in 0..{self.steps}, got {self.inference_step}")
 
     def schedule(self) -> DiffusionSchedule:
         return DiffusionSchedule(self.steps, self.noise_scale, self.noise_min, self.noise_max)
@@ -127,10 +134,19 @@ class LD4MRec(nn.Module):
         return step_embedding(t, self.cnet.cfg.step_dim) + self.initial_step_embedding(user_index)
 
     # -- inference -----------------------------------------------------------------------------------------
+    def inference_step_embedding(self, user_index: torch.Tensor) -> torch.Tensor:
+        """z (B, d_fwd) for forward-free inference: z_in(u), plus sin_emb(t) if ``inference_step`` t >= 1."""
+        z = self.initial_step_embedding(user_index)
+        t = self.diffusion.inference_step
+        if t == 0:
+            return z
+        step = torch.full((user_index.shape[0],), t, dtype=torch.long, device=z.device)
+        return step_embedding(step, self.cnet.cfg.step_dim) + z
+
     def score(self, batch: HistoryBatch) -> torch.Tensor:
-        """Forward-free inference (Algorithm 2): one pass, sparse first layer -> scores (B, n)."""
+        """Forward-free inference (Algorithm 2): one pass on the clean history, sparse path -> (B, n)."""
         h = self.cnet.embed_sparse(batch.item_ids, batch.offsets)
-        return self.cnet.forward_hidden(h, self.initial_step_embedding(batch.user_index), batch.signals)
+        return self.cnet.forward_hidden(h, self.inference_step_embedding(batch.user_index), batch.signals)
 
     def score_forward_noised(
         self,

@@ -46,6 +46,7 @@ class TrainConfig:
     noise_scale: float = 0.1
     noise_min: float = 1e-4
     noise_max: float = 0.02
+    inference_step: int = 0  # 0: z = z_in(u) at inference (paper); t: z = sin_emb(t) + z_in(u)
     # loss
     soft_labels: bool = True
     loss: str = "mse"
@@ -78,6 +79,7 @@ class TrainConfig:
             ("hidden_dim", self.hidden_dim >= 1),
             ("step_dim", self.step_dim >= 2),
             ("steps", self.steps >= 1),
+            ("inference_step", 0 <= self.inference_step <= self.steps),
             ("input_dropout", 0 <= self.input_dropout < 1),
             ("condition_dropout", 0 <= self.condition_dropout < 1),
             ("soft_p", 0 <= self.soft_p <= 1),

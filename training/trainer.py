@@ -74,7 +74,7 @@ def prepare_model(data: InteractionData, cfg: TrainConfig) -> tuple[LD4MRec, Sig
         content_output=cfg.content_output,
         input_norm=cfg.input_norm,
     )
-    diffusion = DiffusionConfig(cfg.steps, cfg.noise_scale, cfg.noise_min, cfg.noise_max)
+    diffusion = DiffusionConfig(cfg.steps, cfg.noise_scale, cfg.noise_min, cfg.noise_max, cfg.inference_step)
     model = LD4MRec(cnet_cfg, data.n_users, diffusion, projection)
     active = np.diff(data.train.indptr) > 0
     s = torch.from_numpy(signals[active])
