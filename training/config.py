@@ -46,7 +46,8 @@ class TrainConfig:
     noise_scale: float = 0.1
     noise_min: float = 1e-4
     noise_max: float = 0.02
-    inference_step: int = 0  # 0: z = z_in(u) at inference (paper); t: z = sin_emb(t) + z_in(u)
+    # z at inference: 0 = z_in(u) alone (paper); t = sin_emb(t) + z_in(u), seen in training (BENCHMARKS.md)
+    inference_step: int = 1
     # loss
     soft_labels: bool = True
     loss: str = "mse"
