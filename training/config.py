@@ -33,7 +33,7 @@ class TrainConfig:
     # C-Net
     hidden_dim: int = 1000
     step_dim: int = 10
-    use_cg: bool = False  # CG off by default: it lowered valid Recall@20 when PG is on (BENCHMARKS.md)
+    use_cg: bool = True
     use_pg: bool = True
     input_dropout: float = 0.5
     condition_dropout: float = 0.0
