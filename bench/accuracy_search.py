@@ -61,6 +61,7 @@ def main() -> None:
         "test": {k: round(v, 4) for k, v in result.metrics["test"].items()},
         "wall_s": round(time.time() - start),
         "command": cli_command(args.dataset, overrides),
+        "config": cfg.to_dict(),  # the overrides are relative to the defaults of the commit that ran
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     print(json.dumps(row), flush=True)
