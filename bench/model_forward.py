@@ -201,7 +201,7 @@ def scores_of(variant: Variant, batch: HistoryBatch) -> torch.Tensor:
     if variant.first_layer == "sparse":
         return model.score(batch)
     x = batch.dense(model.n_items).to(variant.input_dtype)
-    return model.cnet(x, model.initial_step_embedding(batch.user_index), batch.signals)
+    return model.cnet(x, model.inference_step_embedding(batch.user_index), batch.signals)
 
 
 def history_rows(batch: HistoryBatch) -> torch.Tensor:

@@ -131,7 +131,8 @@ class LD4MRec(nn.Module):
 
     def training_step_embedding(self, user_index: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """z = sin_emb(t) + z_in(u) (B, d_fwd)."""
-        return step_embedding(t, self.cnet.cfg.step_dim) + self.initial_step_embedding(user_index)
+        z = self.initial_step_embedding(user_index)
+        return step_embedding(t, self.cnet.cfg.step_dim).to(z.dtype) + z
 
     # -- inference -----------------------------------------------------------------------------------------
     def inference_step_embedding(self, user_index: torch.Tensor) -> torch.Tensor:
@@ -141,7 +142,7 @@ class LD4MRec(nn.Module):
         if t == 0:
             return z
         step = torch.full((user_index.shape[0],), t, dtype=torch.long, device=z.device)
-        return step_embedding(step, self.cnet.cfg.step_dim) + z
+        return step_embedding(step, self.cnet.cfg.step_dim).to(z.dtype) + z
 
     def score(self, batch: HistoryBatch) -> torch.Tensor:
         """Forward-free inference (Algorithm 2): one pass on the clean history, sparse path -> (B, n)."""

@@ -12,7 +12,9 @@ from model.ld4mrec import DiffusionConfig, HistoryBatch, LD4MRec
 from model.signals import compute_signal_basis
 
 
-def _model(n_items: int = 40, n_users: int = 12, **overrides) -> tuple[LD4MRec, sp.csr_matrix]:
+def _model(
+    n_items: int = 40, n_users: int = 12, inference_step: int = 0, **overrides
+) -> tuple[LD4MRec, sp.csr_matrix]:
     rng = np.random.default_rng(0)
     train = sp.csr_matrix((rng.random((n_users, n_items)) < 0.2).astype(np.float32))
     feats = [
@@ -28,7 +30,7 @@ def _model(n_items: int = 40, n_users: int = 12, **overrides) -> tuple[LD4MRec, 
         **overrides,
     )
     torch.manual_seed(0)
-    model = LD4MRec(cfg, n_users, DiffusionConfig(), basis.projection())
+    model = LD4MRec(cfg, n_users, DiffusionConfig(inference_step=inference_step), basis.projection())
     with torch.no_grad():
         model.z_in.weight.normal_()
         for block in model.cnet.pg_blocks:  # leave the identity initialisation so the PG path matters
@@ -37,18 +39,33 @@ def _model(n_items: int = 40, n_users: int = 12, **overrides) -> tuple[LD4MRec, 
     return model.eval(), train
 
 
+@pytest.mark.parametrize("inference_step", [0, 1])
 @pytest.mark.parametrize(
     "overrides", [{}, {"use_cg": False}, {"use_pg": False}, {"use_cg": False, "use_pg": False}]
 )
-def test_sparse_first_layer_equals_dense_path(overrides) -> None:
-    model, train = _model(**overrides)
+def test_sparse_first_layer_equals_dense_path(overrides, inference_step: int) -> None:
+    model, train = _model(inference_step=inference_step, **overrides)
     users = np.arange(train.shape[0])
     batch = HistoryBatch.from_csr(train, users, model.fold_in(train), torch.device("cpu"))
     with torch.inference_mode():
         sparse = model.score(batch)
-        z = model.initial_step_embedding(batch.user_index)
+        z = model.inference_step_embedding(batch.user_index)
         dense = model.cnet(torch.from_numpy(train.toarray()), z, batch.signals)
     torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("inference_step", [0, 1])
+def test_bfloat16_copy_scores_in_bfloat16(inference_step: int) -> None:
+    """A model cast to bfloat16 (weights, buffers, signals) scores without dtype errors, close to fp32."""
+    model, train = _model(inference_step=inference_step)
+    users = np.arange(train.shape[0])
+    batch = HistoryBatch.from_csr(train, users, model.fold_in(train), torch.device("cpu"))
+    with torch.inference_mode():
+        reference = model.score(batch)
+        batch.signals = batch.signals.to(torch.bfloat16)
+        scores = model.to(torch.bfloat16).score(batch)
+    assert scores.dtype == torch.bfloat16
+    torch.testing.assert_close(scores.float(), reference, rtol=0.1, atol=0.1)
 
 
 def test_pg_block_starts_as_identity() -> None:
