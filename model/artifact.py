@@ -1,24 +1,23 @@
-"""The artifact directory: the one contract between the trainer and the service.
+"""The artifact directory: what the trainer writes and the service loads, for every registered model.
 
-Nothing is pickled: arrays are ``.npy`` (read with ``allow_pickle=False``), weights are safetensors,
-everything else is JSON. ``manifest.json`` lists every other file with its sha256; :func:`read_artifact`
-verifies checksums and shapes and raises :class:`ArtifactError` naming the offending file.
+Nothing is pickled: arrays are ``.npy`` (read with ``allow_pickle=False``), everything else is JSON.
+``manifest.json`` lists every other file with its sha256, size and (for arrays) shape and dtype. The
+reader trusts nothing: it checks the manifest's types and ranges, the model's config, that the directory
+holds exactly the listed files, every ``.npy`` header against the shape the model's config implies, and
+every checksum, all before it allocates an array; then it builds the model. Every refusal is an
+:class:`ArtifactError` naming the offending file.
 
-Layout (``FORMAT_VERSION`` 1)::
+Layout (``FORMAT_VERSION`` 2)::
 
-    manifest.json                   format/model version, dataset, modality order, configs, metrics, files
-    weights.safetensors             C-Net state dict (incl. the fixed signal standardisation)
-    z_in.npy                        (n_users, d_fwd) initial-step embeddings
-    signals.npy                     (n_users, width) condition signals [c ; m_1 ; ...] of training users
-    item_degree.npy                 (n_items,) training clicks per item
-    item_factors.npy                (n_items, d_svd) SVD item factors I
-    singular_values.npy             (d_svd,) Lambda
-    modality_<name>.npy             (n_items, d_m) item features, one per modality
-    history_indptr.npy              (n_users + 1,) CSR row pointers of the training histories
-    history_indices.npy             (nnz,) CSR item ids of the training histories
-    item_popularity.npy             (n_items,) training clicks per item (for cold fallbacks and metrics)
+    manifest.json               format, model {name, config, dims, fitted}, version, dataset, sizes,
+                                modality order, training run, metrics, files
+    model.<array>.npy           the model's arrays (``Recommender.arrays``), float32
+    user_states.npy             (n_users, S) float32 states of the training users (absent when S = 0)
+    history_indptr.npy          (n_users + 1,) int64 CSR row pointers of the training histories
+    history_indices.npy         (nnz,) int64 item ids of the training histories
     user_ids.json / item_ids.json   external ids; position = internal id
-    training_log.json               per-epoch loss, valid metrics and timing
+    training_log.json           per-epoch losses, valid metrics and timing (optional)
+    training_curve.png          loss and valid metric per epoch (optional)
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,19 +36,30 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from model.cnet import CNetConfig
-from model.ld4mrec import DiffusionConfig, LD4MRec
-from model.signals import SignalBasis
+from model.base import ConfigError, Recommender
+from model.registry import get_model
 
-__all__ = ["FORMAT_VERSION", "Artifact", "ArtifactError", "build_model", "read_artifact", "write_artifact"]
+__all__ = ["FORMAT_VERSION", "Artifact", "ArtifactError", "read_artifact", "write_artifact"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
-WEIGHTS = "weights.safetensors"
+MODEL_PREFIX = "model."
+STATES = "user_states.npy"
+INDPTR = "history_indptr.npy"
+INDICES = "history_indices.npy"
+USER_IDS = "user_ids.json"
+ITEM_IDS = "item_ids.json"
+TRAINING_LOG = "training_log.json"
+OPTIONAL_FILES = (TRAINING_LOG, "training_curve.png")
 METRIC_KEYS = ("recall@10", "recall@20", "recall@50", "ndcg@10", "ndcg@20", "ndcg@50")
+
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_USERS = 100_000_000
+MAX_ITEMS = 100_000_000
+MAX_STATE_DIM = 1 << 16
+MAX_ID_BYTES = 1024  # longest external id (UTF-8)
+_DTYPES = {"float32": np.dtype(np.float32), "int64": np.dtype(np.int64)}
 
 
 class ArtifactError(RuntimeError):
@@ -62,22 +73,24 @@ class ArtifactError(RuntimeError):
 
 @dataclass
 class Artifact:
-    """Everything the service needs, in memory. Shapes as in the module docstring."""
+    """A trained model with everything the service needs beside it.
 
+    Attributes:
+        model: the fitted model (on the device it was loaded to).
+        train_histories: (n_users, n_items) binary float32 CSR of the training histories.
+        user_states: (n_users, S) float32 states of the training users (``model.fold_in`` of them).
+        training: how it was trained (run options, best epoch, timing), for the manifest.
+    """
+
+    model: Recommender
     dataset: str
     modality_names: tuple[str, ...]
-    cnet_config: CNetConfig
-    diffusion: DiffusionConfig
-    weights: dict[str, torch.Tensor]
-    z_in: np.ndarray
-    signals: np.ndarray
-    basis: SignalBasis
-    train_histories: sp.csr_matrix
-    item_popularity: np.ndarray
     user_ids: tuple[str, ...]
     item_ids: tuple[str, ...]
+    train_histories: sp.csr_matrix
+    user_states: np.ndarray
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    train_config: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
     training_log: list[dict[str, Any]] = field(default_factory=list)
     model_version: str = ""
     created_at: str = ""
@@ -91,6 +104,11 @@ class Artifact:
     def n_items(self) -> int:
         return len(self.item_ids)
 
+    @property
+    def item_popularity(self) -> np.ndarray:
+        """(n_items,) float32 training interactions per item."""
+        return np.bincount(self.train_histories.indices, minlength=self.n_items).astype(np.float32)
+
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
@@ -100,68 +118,82 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _array_files(art: Artifact) -> dict[str, np.ndarray]:
-    files = {
-        "z_in.npy": art.z_in.astype(np.float32),
-        "signals.npy": art.signals.astype(np.float32),
-        "item_degree.npy": art.basis.item_degree.astype(np.float32),
-        "item_factors.npy": art.basis.item_factors.astype(np.float32),
-        "singular_values.npy": art.basis.singular_values.astype(np.float32),
-        "history_indptr.npy": art.train_histories.indptr.astype(np.int64),
-        "history_indices.npy": art.train_histories.indices.astype(np.int64),
-        "item_popularity.npy": art.item_popularity.astype(np.float32),
-    }
-    for name, feats in zip(art.modality_names, art.basis.modality_features, strict=True):
-        files[f"modality_{name}.npy"] = feats.astype(np.float32)
+# -- writing ------------------------------------------------------------------------------------------------
+def _arrays_to_write(art: Artifact) -> dict[str, np.ndarray]:
+    model = art.model
+    arrays = model.arrays()
+    expected = type(model).array_shapes(model.config, art.n_users, art.n_items, model.dims())
+    if set(arrays) != set(expected):
+        raise ValueError(f"{model.name}.arrays() keys differ from array_shapes(): {sorted(set(arrays) ^ set(expected))}")
+    files: dict[str, np.ndarray] = {}
+    for key, array in arrays.items():
+        if tuple(array.shape) != expected[key]:
+            raise ValueError(f"{model.name} array {key}: shape {array.shape}, array_shapes() says {expected[key]}")
+        files[f"{MODEL_PREFIX}{key}.npy"] = np.ascontiguousarray(array, dtype=np.float32)
+    if art.user_states.shape != (art.n_users, model.state_dim):
+        raise ValueError(f"user_states shape {art.user_states.shape} != ({art.n_users}, {model.state_dim})")
+    if model.state_dim:
+        files[STATES] = np.ascontiguousarray(art.user_states, dtype=np.float32)
+    files[INDPTR] = art.train_histories.indptr.astype(np.int64)
+    files[INDICES] = art.train_histories.indices.astype(np.int64)
     return files
 
 
-def write_artifact(art: Artifact, out_dir: str | Path) -> Path:
+def write_artifact(art: Artifact, out_dir: str | Path, extra_files: Mapping[str, bytes] | None = None) -> Path:
     """Write ``art`` to ``out_dir`` atomically (a sibling temp dir, then rename); returns the path.
 
-    An existing *artifact* directory at ``out_dir`` is replaced; any other non-empty directory is refused.
+    ``extra_files`` (name -> bytes) may add the optional files (e.g. ``training_curve.png``). An existing
+    *artifact* directory at ``out_dir`` is replaced; any other non-empty directory is refused.
     """
     out_dir = Path(out_dir).resolve()
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST).is_file():
         raise ArtifactError(out_dir, "exists, is not empty and is not an artifact; refusing to overwrite it")
+    for name in extra_files or {}:
+        if name not in OPTIONAL_FILES:
+            raise ValueError(f"{name} is not one of the optional artifact files {OPTIONAL_FILES}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in art.weights.items()}, str(tmp / WEIGHTS))
-        for name, array in _array_files(art).items():
+        files_meta: dict[str, dict[str, Any]] = {}
+        for name, array in _arrays_to_write(art).items():
             np.save(tmp / name, array, allow_pickle=False)
-        for name, payload in (
-            ("user_ids.json", list(art.user_ids)),
-            ("item_ids.json", list(art.item_ids)),
-            ("training_log.json", art.training_log),
-        ):
+            files_meta[name] = {"shape": list(array.shape), "dtype": str(array.dtype)}
+        texts = {USER_IDS: list(art.user_ids), ITEM_IDS: list(art.item_ids), TRAINING_LOG: art.training_log}
+        for name, payload in texts.items():
             (tmp / name).write_text(json.dumps(payload), encoding="utf-8")
+        for name, content in (extra_files or {}).items():
+            (tmp / name).write_bytes(content)
         for p in tmp.iterdir():
             os.chmod(p, 0o644)
-        files: dict[str, dict[str, Any]] = {
-            p.name: {"sha256": _sha256(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())
-        }
+            files_meta[p.name] = {"sha256": _sha256(p), "bytes": p.stat().st_size} | files_meta.get(p.name, {})
         created = art.created_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        version = (
-            art.model_version
-            or f"{art.dataset}-{created.replace(':', '').replace('-', '')}-{files[WEIGHTS]['sha256'][:8]}"
-        )
+        content_hash = hashlib.sha256(
+            "".join(f"{n}:{m['sha256']}" for n, m in sorted(files_meta.items()) if n.endswith(".npy")).encode()
+        ).hexdigest()
+        stamp = created.replace(":", "").replace("-", "")
+        version = art.model_version or f"{art.model.name}-{art.dataset}-{stamp}-{content_hash[:8]}"
+        model = art.model
         manifest = {
             "format_version": FORMAT_VERSION,
-            "model": "LD4MRec",
+            "model": {
+                "name": model.name,
+                "config": model.config.to_dict(),
+                "dims": model.dims(),
+                "fitted": model.fitted(),
+            },
             "model_version": version,
             "dataset": art.dataset,
             "created_at": created,
             "n_users": art.n_users,
             "n_items": art.n_items,
+            "state_dim": model.state_dim,
             "modality_order": list(art.modality_names),
-            "cnet": art.cnet_config.to_dict(),
-            "diffusion": vars(art.diffusion).copy(),
-            "hyperparameters": art.train_config,
+            "training": art.training,
             "metrics": art.metrics,
-            "files": files,
+            "files": dict(sorted(files_meta.items())),
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False), encoding="utf-8")
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        os.chmod(tmp / MANIFEST, 0o644)
         os.chmod(tmp, 0o755)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
@@ -178,165 +210,237 @@ def write_artifact(art: Artifact, out_dir: str | Path) -> Path:
     return out_dir
 
 
-# -- reading ------------------------------------------------------------------------------------------
+# -- reading ------------------------------------------------------------------------------------------------
 def _load_manifest(root: Path) -> dict[str, Any]:
     path = root / MANIFEST
     if not root.is_dir():
         raise ArtifactError(root, "artifact directory not found")
     if not path.is_file():
-        raise ArtifactError(path, "missing; this directory is not an LD4MRec artifact")
+        raise ArtifactError(path, "missing; this directory is not an artifact")
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(path, f"larger than {MAX_MANIFEST_BYTES >> 20} MiB; not a manifest")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(path, f"not valid JSON ({exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ArtifactError(path, f"not valid JSON ({str(exc)[:200]})") from None
     if not isinstance(manifest, dict):
         raise ArtifactError(path, "expected a JSON object")
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise ArtifactError(
-            path, f"format_version {version!r} is not supported (this build reads {FORMAT_VERSION})"
+            path, f"format_version {str(version)[:20]!r} is not supported (this build reads {FORMAT_VERSION})"
         )
-    for key in (
-        "model_version",
-        "dataset",
-        "n_users",
-        "n_items",
-        "modality_order",
-        "cnet",
-        "diffusion",
-        "files",
-    ):
-        if key not in manifest:
+    expected_types: dict[str, type | tuple[type, ...]] = {
+        "model": dict,
+        "model_version": str,
+        "dataset": str,
+        "n_users": int,
+        "n_items": int,
+        "state_dim": int,
+        "modality_order": list,
+        "files": dict,
+    }
+    for key, kind in expected_types.items():
+        value = manifest.get(key)
+        if value is None:
             raise ArtifactError(path, f"missing key {key!r}")
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ArtifactError(path, f"{key!r} has the wrong type")
+    for key, high in (("n_users", MAX_USERS), ("n_items", MAX_ITEMS), ("state_dim", MAX_STATE_DIM)):
+        low = 0 if key == "state_dim" else 1
+        if not low <= manifest[key] <= high:
+            raise ArtifactError(path, f"{key} {manifest[key]} is outside {low}..{high}")
+    if not all(isinstance(m, str) and 0 < len(m) <= 64 for m in manifest["modality_order"]):
+        raise ArtifactError(path, "modality_order must be a list of short names")
+    for key in ("model_version", "dataset"):
+        if not 0 < len(manifest[key]) <= 256:
+            raise ArtifactError(path, f"{key} must be 1..256 characters")
     return manifest
 
 
-def _verify_files(root: Path, manifest: dict[str, Any]) -> None:
-    files = manifest["files"]
-    required = {
-        WEIGHTS,
-        "user_ids.json",
-        "item_ids.json",
-        *(f"modality_{m}.npy" for m in manifest["modality_order"]),
-    }
-    for name in sorted(required - set(files)):
-        raise ArtifactError(root / MANIFEST, f"file list lacks {name}")
-    for name, meta in files.items():
-        path = root / name
-        if Path(name).name != name:
-            raise ArtifactError(root / MANIFEST, f"file entry {name!r} is not a plain file name")
-        if not path.is_file():
-            raise ArtifactError(path, "missing (listed in manifest.json)")
-        if _sha256(path) != meta.get("sha256"):
-            raise ArtifactError(path, "sha256 checksum mismatch: the file is corrupt or was modified")
-
-
-def _npy(root: Path, name: str, shape: tuple[int | None, ...], dtype: type) -> np.ndarray:
-    path = root / name
+def _model_class_and_config(root: Path, manifest: dict[str, Any]) -> tuple[type[Recommender], Any, dict[str, Any]]:
+    path = root / MANIFEST
+    spec = manifest["model"]
+    name, config, dims = spec.get("name"), spec.get("config"), spec.get("dims", {})
+    if not isinstance(name, str) or not isinstance(config, dict) or not isinstance(dims, dict):
+        raise ArtifactError(path, "model must be an object with a name, a config object and a dims object")
     try:
-        array = np.load(path, allow_pickle=False)
+        cls = get_model(name)
+    except ConfigError as exc:
+        raise ArtifactError(path, str(exc)) from None
+    try:
+        return cls, cls.config_class.from_dict(config), dims
+    except ConfigError as exc:
+        raise ArtifactError(path, f"invalid configuration of model {name}: {exc}") from None
+
+
+def _expected_files(
+    root: Path, manifest: dict[str, Any], cls: type[Recommender], config: Any, dims: dict[str, Any]
+) -> dict[str, tuple[str, tuple[int | None, ...]]]:
+    """File name -> (dtype, shape; None = any length) of every array the artifact must hold."""
+    n_users, n_items, state_dim = manifest["n_users"], manifest["n_items"], manifest["state_dim"]
+    try:
+        shapes = cls.array_shapes(config, n_users, n_items, dims)
+    except (ConfigError, ValueError, TypeError, RuntimeError) as exc:
+        raise ArtifactError(root / MANIFEST, f"model {cls.name}: dims do not fit the config ({exc})") from None
+    expected: dict[str, tuple[str, tuple[int | None, ...]]] = {
+        f"{MODEL_PREFIX}{key}.npy": ("float32", shape) for key, shape in shapes.items()
+    }
+    if state_dim:
+        expected[STATES] = ("float32", (n_users, state_dim))
+    expected[INDPTR] = ("int64", (n_users + 1,))
+    expected[INDICES] = ("int64", (None,))
+    return expected
+
+
+def _check_listing(root: Path, manifest: dict[str, Any], required: set[str]) -> None:
+    """The directory holds exactly the listed files, the listed files are the expected ones, checksums match."""
+    files = manifest["files"]
+    allowed = required | {USER_IDS, ITEM_IDS} | set(OPTIONAL_FILES)
+    for name in sorted(files):
+        if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
+            raise ArtifactError(root / MANIFEST, f"file entry {str(name)[:80]!r} is not a plain file name")
+        if name not in allowed:
+            raise ArtifactError(root / name, "listed in manifest.json but not a file of this model's artifact")
+        if not isinstance(files[name], dict):
+            raise ArtifactError(root / MANIFEST, f"file entry {name} must be an object")
+    for name in sorted((required | {USER_IDS, ITEM_IDS}) - set(files)):
+        raise ArtifactError(root / name, "not listed in manifest.json (every file the loader reads must be)")
+    for entry in sorted(root.iterdir()):
+        if entry.name != MANIFEST and entry.name not in files:
+            raise ArtifactError(entry, "not listed in manifest.json: an artifact holds only its listed files")
+    for name in sorted(files):
+        path = root / name
+        if path.is_symlink() or not path.is_file():
+            raise ArtifactError(path, "missing or not a regular file (listed in manifest.json)")
+        meta = files[name]
+        if meta.get("bytes") != path.stat().st_size:
+            raise ArtifactError(path, f"size {path.stat().st_size} bytes differs from the manifest's {meta.get('bytes')!r}")
+
+
+def _check_npy_header(path: Path, dtype: str, shape: tuple[int | None, ...], meta: Mapping[str, Any]) -> None:
+    """Read only the ``.npy`` header: dtype, order and shape must be what the model implies."""
+    try:
+        with path.open("rb") as fh:
+            major, _minor = np.lib.format.read_magic(fh)
+            if major == 1:
+                real_shape, fortran, real_dtype = np.lib.format.read_array_header_1_0(fh)
+            elif major in (2, 3):
+                real_shape, fortran, real_dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f"unsupported .npy version {major}")
+            offset = fh.tell()
+    except (ValueError, OSError, SyntaxError) as exc:
+        raise ArtifactError(path, f"unreadable .npy header ({str(exc)[:200]})") from None
+    if real_dtype != _DTYPES[dtype] or fortran:
+        raise ArtifactError(path, f"dtype {real_dtype} (fortran order {fortran}) is not C-ordered {dtype}")
+    if len(real_shape) != len(shape) or any(s is not None and s != r for s, r in zip(shape, real_shape, strict=True)):
+        shown = tuple("*" if s is None else s for s in shape)
+        raise ArtifactError(path, f"shape {real_shape} does not match the expected {shown}")
+    if list(real_shape) != meta.get("shape") or meta.get("dtype") != dtype:
+        raise ArtifactError(path, "shape or dtype differs from its manifest entry")
+    n_bytes = int(np.prod(real_shape, dtype=np.int64)) * _DTYPES[dtype].itemsize
+    if offset + n_bytes != path.stat().st_size:
+        raise ArtifactError(path, f"holds {path.stat().st_size - offset} data bytes, its header says {n_bytes}")
+
+
+def _load_npy(path: Path, mmap: bool) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
     except (ValueError, OSError) as exc:
-        raise ArtifactError(path, f"unreadable .npy ({exc})") from None
-    if array.ndim != len(shape) or any(
-        s is not None and s != a for s, a in zip(shape, array.shape, strict=True)
-    ):
-        raise ArtifactError(path, f"shape {array.shape} does not match the expected {shape}")
-    if not np.issubdtype(array.dtype, dtype):
-        raise ArtifactError(path, f"dtype {array.dtype} is not {dtype.__name__}")
-    return array
+        raise ArtifactError(path, f"unreadable .npy ({str(exc)[:200]})") from None
 
 
-def _id_list(root: Path, name: str, n: int) -> tuple[str, ...]:
-    path = root / name
+def _id_list(path: Path, n: int) -> tuple[str, ...]:
+    if path.stat().st_size > n * (MAX_ID_BYTES * 6 + 4) + 2:
+        raise ArtifactError(path, f"too large for {n} ids")
     try:
         ids = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(path, f"not valid JSON ({exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ArtifactError(path, f"not valid JSON ({str(exc)[:200]})") from None
     if not isinstance(ids, list) or len(ids) != n or not all(isinstance(i, str) for i in ids):
         raise ArtifactError(path, f"expected a JSON list of {n} strings")
+    if any(not 0 < len(i.encode("utf-8", "surrogatepass")) <= MAX_ID_BYTES for i in ids):
+        raise ArtifactError(path, f"every id must be 1..{MAX_ID_BYTES} bytes")
     if len(set(ids)) != n:
         raise ArtifactError(path, "ids are not unique")
     return tuple(ids)
 
 
-def read_artifact(path: str | Path) -> Artifact:
-    """Load and verify an artifact directory (checksums, shapes, consistency)."""
+def _training_log(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    try:
+        log = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ArtifactError(path, f"not valid JSON ({str(exc)[:200]})") from None
+    if not isinstance(log, list):
+        raise ArtifactError(path, "expected a JSON list")
+    return log
+
+
+def read_artifact(path: str | Path, device: torch.device | str = "cpu", *, mmap: bool = False) -> Artifact:
+    """Load and verify an artifact directory and build its model on ``device``.
+
+    ``mmap=True`` maps the arrays read-only instead of reading them (processes that load the same artifact
+    then share the pages; the model may still copy what it moves to another device or dtype).
+    """
     root = Path(path).resolve()
     manifest = _load_manifest(root)
-    _verify_files(root, manifest)
-    n_users, n_items = int(manifest["n_users"]), int(manifest["n_items"])
-    try:
-        cfg = CNetConfig.from_dict(manifest["cnet"])
-        diffusion = DiffusionConfig(**manifest["diffusion"])
-    except (TypeError, ValueError) as exc:
-        raise ArtifactError(root / MANIFEST, f"invalid model configuration ({exc})") from None
-    names = tuple(manifest["modality_order"])
-    if cfg.n_items != n_items or len(cfg.modality_dims) != len(names):
-        raise ArtifactError(root / MANIFEST, "cnet configuration does not match n_items / modality_order")
-    d_svd = cfg.collab_dim // 2
-    width = cfg.collab_dim + sum(cfg.modality_dims)
-    f32 = np.floating
-    z_in = _npy(root, "z_in.npy", (n_users, cfg.step_dim), f32)
-    signals = _npy(root, "signals.npy", (n_users, width), f32)
-    degree = _npy(root, "item_degree.npy", (n_items,), f32)
-    factors = _npy(root, "item_factors.npy", (n_items, d_svd), f32)
-    singular = _npy(root, "singular_values.npy", (d_svd,), f32)
-    features = tuple(
-        _npy(root, f"modality_{m}.npy", (n_items, dm), f32)
-        for m, dm in zip(names, cfg.modality_dims, strict=True)
-    )
-    indptr = _npy(root, "history_indptr.npy", (n_users + 1,), np.integer)
-    indices = _npy(root, "history_indices.npy", (None,), np.integer)
+    cls, config, dims = _model_class_and_config(root, manifest)
+    expected = _expected_files(root, manifest, cls, config, dims)
+    _check_listing(root, manifest, set(expected))
+    files = manifest["files"]
+    for name, (dtype, shape) in expected.items():
+        _check_npy_header(root / name, dtype, shape, files[name])
+    for name in sorted(files):  # checksums last: they read every byte
+        if _sha256(root / name) != files[name].get("sha256"):
+            raise ArtifactError(root / name, "sha256 checksum mismatch: the file is corrupt or was modified")
+    n_users, n_items = manifest["n_users"], manifest["n_items"]
+    indptr = _load_npy(root / INDPTR, mmap=False)
+    indices = _load_npy(root / INDICES, mmap=False)
     if indptr[0] != 0 or indptr[-1] != indices.shape[0] or np.any(np.diff(indptr) < 0):
-        raise ArtifactError(
-            root / "history_indptr.npy", "row pointers are inconsistent with history_indices.npy"
-        )
+        raise ArtifactError(root / INDPTR, f"row pointers are inconsistent with {INDICES}")
     if indices.size and (indices.min() < 0 or indices.max() >= n_items):
-        raise ArtifactError(root / "history_indices.npy", f"item ids outside 0..{n_items - 1}")
-    popularity = _npy(root, "item_popularity.npy", (n_items,), f32)
+        raise ArtifactError(root / INDICES, f"item ids outside 0..{n_items - 1}")
     histories = sp.csr_matrix(
         (np.ones(indices.shape[0], dtype=np.float32), indices, indptr), shape=(n_users, n_items)
     )
+    arrays: dict[str, np.ndarray] = {}
+    for name in expected:
+        if name.startswith(MODEL_PREFIX):
+            array = _load_npy(root / name, mmap)
+            if not np.isfinite(array).all():
+                raise ArtifactError(root / name, "holds NaN or infinite values")
+            arrays[name[len(MODEL_PREFIX) : -len(".npy")]] = array
+    states = np.zeros((n_users, 0), dtype=np.float32)
+    if manifest["state_dim"]:
+        states = _load_npy(root / STATES, mmap)
+        if not np.isfinite(states).all():
+            raise ArtifactError(root / STATES, "holds NaN or infinite values")
+    device = torch.device(device)
     try:
-        weights = load_file(str(root / WEIGHTS))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise ArtifactError(root / WEIGHTS, f"unreadable safetensors file ({exc})") from None
-    log_path = root / "training_log.json"
-    training_log = json.loads(log_path.read_text(encoding="utf-8")) if log_path.is_file() else []
-    art = Artifact(
-        dataset=str(manifest["dataset"]),
-        modality_names=names,
-        cnet_config=cfg,
-        diffusion=diffusion,
-        weights=weights,
-        z_in=z_in.astype(np.float32),
-        signals=signals.astype(np.float32),
-        basis=SignalBasis(
-            degree.astype(np.float32), factors.astype(np.float32), singular.astype(np.float32), features
-        ),
+        model = cls.from_arrays(config, n_users, n_items, dims, arrays, device)
+    except (ConfigError, ValueError, RuntimeError, KeyError) as exc:
+        raise ArtifactError(root / MANIFEST, f"model {cls.name} does not match its arrays ({str(exc)[:300]})") from None
+    if model.state_dim != manifest["state_dim"]:
+        raise ArtifactError(
+            root / MANIFEST, f"state_dim {manifest['state_dim']} but model {cls.name} has {model.state_dim}"
+        )
+    metrics = manifest.get("metrics", {})
+    training = manifest.get("training", {})
+    return Artifact(
+        model=model,
+        dataset=manifest["dataset"],
+        modality_names=tuple(manifest["modality_order"]),
+        user_ids=_id_list(root / USER_IDS, n_users),
+        item_ids=_id_list(root / ITEM_IDS, n_items),
         train_histories=histories,
-        item_popularity=popularity.astype(np.float32),
-        user_ids=_id_list(root, "user_ids.json", n_users),
-        item_ids=_id_list(root, "item_ids.json", n_items),
-        metrics=manifest.get("metrics", {}),
-        train_config=manifest.get("hyperparameters", {}),
-        training_log=training_log,
-        model_version=str(manifest["model_version"]),
-        created_at=str(manifest.get("created_at", "")),
+        user_states=np.asarray(states, dtype=np.float32),
+        metrics=metrics if isinstance(metrics, dict) else {},
+        training=training if isinstance(training, dict) else {},
+        training_log=_training_log(root / TRAINING_LOG) if TRAINING_LOG in files else [],
+        model_version=manifest["model_version"],
+        created_at=str(manifest.get("created_at", ""))[:64],
         path=root,
     )
-    build_model(art)  # refuses weights that do not fit the configuration, naming the weights file
-    return art
-
-
-def build_model(art: Artifact, device: torch.device | str = "cpu") -> LD4MRec:
-    """An :class:`LD4MRec` in eval mode on ``device`` with the artifact's weights."""
-    model = LD4MRec(art.cnet_config, art.n_users, art.diffusion, art.basis.projection())
-    try:
-        model.cnet.load_state_dict(art.weights, strict=True)
-    except RuntimeError as exc:
-        where = art.path / WEIGHTS if art.path else Path(WEIGHTS)
-        raise ArtifactError(where, f"weights do not match the configuration ({exc})") from None
-    with torch.no_grad():
-        model.z_in.weight.copy_(torch.from_numpy(art.z_in))
-    return model.to(device).eval()

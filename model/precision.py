@@ -1,8 +1,9 @@
-"""The precision a loaded LD4MRec is served in: ``fp32`` (as trained) or ``int8`` (dynamic int8 weights).
+"""Serving precisions: ``fp32`` (as trained) or ``int8`` (dynamic int8 weights of a network's Linear layers).
 
-``int8`` is ``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear``: the CG blocks' hidden,
-condition and gate layers, the PG blocks' MLPs if any, ``content_proj`` if any, and ``FC_out`` (hidden x
-n_items, the largest read of a pass). Their weights are stored as int8 (per-tensor scale), activations are
+A model says which it supports (``Recommender.precisions``) and converts itself
+(``Recommender.with_precision``); this module holds the shared pieces. For LD4MRec, ``int8`` is
+``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear``: the CG blocks' hidden, condition and
+gate layers, the PG blocks' MLPs and ``FC_out`` (hidden x n_items, the largest read of a pass). Their weights are stored as int8 (per-tensor scale), activations are
 quantised per batch on the fly, outputs are fp32. The first layer ``item_in`` (a Parameter read by the
 embedding bag), the biases outside those layers, ``z_in`` and the signal standardisation stay fp32, and so
 do the scores. CPU only: the quantised kernels (fbgemm / onednn) have no CUDA implementation.
@@ -15,24 +16,20 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Literal, get_args
+from typing import Literal, TypeVar, get_args
 
 import torch
 from torch import nn
 
-from model.ld4mrec import LD4MRec
-
-__all__ = ["PRECISIONS", "Precision", "PrecisionError", "quantise_int8", "quantised_layers", "to_precision"]
+__all__ = ["PRECISIONS", "Precision", "model_device", "quantise_int8", "quantised_layers"]
 
 Precision = Literal["fp32", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 
-
-class PrecisionError(ValueError):
-    """A precision that does not exist, or that cannot run on the model's device."""
+M = TypeVar("M", bound=nn.Module)
 
 
-def quantise_int8(model: LD4MRec, inplace: bool = False) -> LD4MRec:
+def quantise_int8(model: M, inplace: bool = False) -> M:
     """``model`` with every ``nn.Linear`` dynamically quantised to int8 (see the module docstring), in eval
     mode: a copy, or ``model`` itself with ``inplace=True`` (its fp32 Linear weights are then released).
     The model must be on the CPU."""
@@ -56,23 +53,3 @@ def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter (the CPU for a model without parameters)."""
     first = next(model.parameters(), None)
     return first.device if first is not None else torch.device("cpu")
-
-
-def to_precision(model: LD4MRec, precision: str, inplace: bool = False) -> LD4MRec:
-    """The model to serve in ``precision`` ("fp32" | "int8") from a loaded fp32 ``model`` in eval mode.
-
-    "fp32" returns ``model`` itself. "int8" returns :func:`quantise_int8` of it (a copy unless
-    ``inplace``). Raises PrecisionError for an unknown name, and for "int8" when the model is not on the
-    CPU (no fallback: serve fp32 on the GPU, or int8 on the CPU).
-    """
-    if precision == "fp32":
-        return model
-    if precision == "int8":
-        device = model_device(model)
-        if device.type != "cpu":
-            raise PrecisionError(
-                f"int8 precision runs on the CPU only (dynamic int8 quantisation has no CUDA kernels); the "
-                f"model is on {device}: use the CPU device with int8, or fp32 on {device}"
-            )
-        return quantise_int8(model, inplace=inplace)
-    raise PrecisionError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")

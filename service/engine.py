@@ -1,23 +1,24 @@
-"""The loaded model: artifact + LD4MRec, id maps, stored signals, and batched scoring with top-k.
+"""The loaded model: an artifact of any registered model, id maps, stored user states, batched scoring.
 
 Everything here is synchronous; :meth:`Engine.score` runs in the batcher's single worker thread. Shapes:
-``n`` items, ``width`` signal dims, ``B`` users in a batch.
+``n`` items, ``S`` floats per user state (``Recommender.state_dim``; 0 for models that need only the
+history), ``B`` users in a batch.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from model.artifact import Artifact, build_model, read_artifact
-from model.ld4mrec import HistoryBatch, LD4MRec
-from model.precision import Precision, to_precision
+from model.artifact import Artifact, read_artifact
+from model.base import Recommender, UserBatch
+from model.precision import Precision
 from model.ranking import mask_items, top_k
 
 __all__ = ["Engine", "ScoredItems", "ScoringRequest"]
@@ -34,7 +35,7 @@ class ScoringRequest:
     Attributes:
         user_index: internal user id, -1 for a user the model never saw (cold start).
         history: (h,) int64 unique item ids of the current history.
-        signals: (width,) float32 condition signals of ``history``; ``None`` = fold them in.
+        state: (S,) float32 user state of ``history``; ``None`` = fold it in.
         k: how many items to return, at most.
         exclude: (e,) int64 item ids never to return (e.g. the history).
         candidates: (c,) int64 item ids; when given, only these may be returned.
@@ -42,7 +43,7 @@ class ScoringRequest:
 
     user_index: int
     history: np.ndarray
-    signals: np.ndarray | None
+    state: np.ndarray | None
     k: int
     exclude: np.ndarray = field(default_factory=lambda: _EMPTY)
     candidates: np.ndarray | None = None
@@ -55,34 +56,28 @@ class ScoredItems:
     Attributes:
         items: (<= k,) int64 item ids, best first; only eligible items (fewer than k if fewer qualify).
         scores: (<= k,) float32 their scores.
-        folded_signals: (width,) float32 signals computed by fold-in for this request, else ``None``.
+        folded_state: (S,) float32 state computed by fold-in for this request, else ``None``.
     """
 
     items: np.ndarray
     scores: np.ndarray
-    folded_signals: np.ndarray | None
+    folded_state: np.ndarray | None
 
 
 class Engine:
-    """An artifact loaded for serving: the model on ``device`` in ``precision`` ("fp32" | "int8", what
-    :func:`model.precision.to_precision` made of it) plus the id maps built once at load."""
+    """An artifact loaded for serving: its model on ``device`` in ``precision`` (what
+    ``Recommender.with_precision`` made of it) plus the id maps built once at load."""
 
-    def __init__(
-        self, art: Artifact, model: LD4MRec, device: torch.device, precision: Precision = "fp32"
-    ) -> None:
+    def __init__(self, art: Artifact, device: torch.device, precision: Precision = "fp32") -> None:
         self.artifact = art
-        self.model = model
+        self.model: Recommender = art.model.with_precision(precision)
         self.precision: Precision = precision
-        projection = model.projection
-        if not projection.matrix.flags.c_contiguous:
-            # Fold-in is CSR @ projection; scipy copies a dense operand that is not C-ordered on every call
-            # (at the sports shape 18,357 x 200 float32: 14.7 MB, ~3.4 ms per fold-in). Same values.
-            model.projection = replace(projection, matrix=np.ascontiguousarray(projection.matrix))
         self.device = device
         self.model_version = art.model_version
         self.dataset = art.dataset
         self.n_items = art.n_items
-        self.signal_width = int(art.signals.shape[1])
+        self.state_dim = self.model.state_dim
+        self._no_state = np.zeros(0, dtype=np.float32)
         self._user_index = {uid: i for i, uid in enumerate(art.user_ids)}
         self._item_index = {iid: i for i, iid in enumerate(art.item_ids)}
         self._item_ids = art.item_ids
@@ -91,12 +86,13 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device, precision: Precision = "fp32") -> Engine:
-        """Read and verify the artifact (raises ``ArtifactError`` naming the file), build the model and
-        convert it to ``precision`` (raises ``PrecisionError`` for int8 on a GPU)."""
-        art = read_artifact(path)
-        model = to_precision(build_model(art, device), precision, inplace=True)
+        """Read and verify the artifact and build its model on ``device`` (raises ``ArtifactError`` naming
+        the file), in ``precision`` (raises ``PrecisionError`` where the model or device cannot)."""
+        art = read_artifact(path, device)
+        engine = cls(art, device, precision)
         log.info(
-            "loaded model %s (dataset %s, %d users, %d items) on %s, precision %s",
+            "loaded %s model %s (dataset %s, %d users, %d items) on %s, precision %s",
+            art.model.name,
             art.model_version,
             art.dataset,
             art.n_users,
@@ -104,7 +100,7 @@ class Engine:
             device,
             precision,
         )
-        return cls(art, model, device, precision)
+        return engine
 
     # -- id maps ---------------------------------------------------------------------------------------------
     def user_index(self, user_id: str) -> int:
@@ -137,19 +133,27 @@ class Engine:
         """External item ids of a known user's training history."""
         return self.item_ids_of(self.artifact_history(user_index))
 
-    def stored_signals(self, user_index: int) -> np.ndarray:
-        """(width,) float32 signals the trainer stored for a known user's training history."""
-        return self.artifact.signals[user_index]
+    def stored_state(self, user_index: int) -> np.ndarray:
+        """(S,) float32 state the trainer stored for a known user's training history."""
+        return self.artifact.user_states[user_index]
 
-    def decode_signals(self, raw: bytes | None) -> np.ndarray | None:
-        """Signals from a fold-in cache entry; ``None`` when absent or not of this model's width."""
-        if raw is None or len(raw) != self.signal_width * 4:
+    @property
+    def caches_state(self) -> bool:
+        """Whether fold-ins are worth caching (the model has a user state beside the history)."""
+        return self.state_dim > 0
+
+    def decode_state(self, raw: bytes | None) -> np.ndarray | None:
+        """State from a fold-in cache entry; ``None`` when absent or not of this model's size. A model
+        without state (S = 0) needs no fold-in: its empty state is always valid."""
+        if self.state_dim == 0:
+            return self._no_state
+        if raw is None or len(raw) != self.state_dim * 4:
             return None
         return np.frombuffer(raw, dtype=np.float32)
 
     # -- scoring ---------------------------------------------------------------------------------------------
     def fold_in(self, histories: Sequence[np.ndarray]) -> np.ndarray:
-        """(B, width) float32 signals of B histories of internal item ids."""
+        """(B, S) float32 states of B histories of internal item ids."""
         lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
         indptr = np.concatenate([[0], np.cumsum(lengths)])
         indices = np.concatenate(histories) if histories else _EMPTY
@@ -161,22 +165,22 @@ class Engine:
         """One forward pass for all requests, then per-request masks and top-k (worker thread)."""
         size = len(requests)
         device = self.device
-        signals = np.empty((size, self.signal_width), dtype=np.float32)
-        fold_rows = [i for i, r in enumerate(requests) if r.signals is None]
+        states = np.empty((size, self.state_dim), dtype=np.float32)
+        fold_rows = [i for i, r in enumerate(requests) if r.state is None]
         for i, r in enumerate(requests):
-            if r.signals is not None:
-                signals[i] = r.signals
+            if r.state is not None:
+                states[i] = r.state
         if fold_rows:
-            signals[fold_rows] = self.fold_in([requests[i].history for i in fold_rows])
+            states[fold_rows] = self.fold_in([requests[i].history for i in fold_rows])
 
         lengths = np.fromiter((len(r.history) for r in requests), dtype=np.int64, count=size)
-        batch = HistoryBatch(
+        batch = UserBatch(
             item_ids=torch.from_numpy(np.concatenate([r.history for r in requests])).to(device),
             offsets=torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)).to(
                 device
             ),
             user_index=torch.tensor([r.user_index for r in requests], dtype=torch.int64, device=device),
-            signals=torch.from_numpy(signals).to(device),
+            states=torch.from_numpy(states).to(device),
         )
         with torch.inference_mode():
             scores = self.model.score(batch)
@@ -193,7 +197,7 @@ class Engine:
                 ScoredItems(
                     items=ids_np[i, : r.k][keep].astype(np.int64),
                     scores=row_values[keep],
-                    folded_signals=signals[i].copy() if i in folded else None,
+                    folded_state=states[i].copy() if i in folded and self.caches_state else None,
                 )
             )
         return results

@@ -1,8 +1,9 @@
 """What the routes call: histories from the store (or the artifact), fold-in + cache, batched scoring.
 
 A user's current history is the stored one when the store has an entry, else the artifact's training
-history. Unchanged users (no store entry) use the artifact's stored signals; stored histories use
-fold-in, cached in the store under ``(model_version, history version)``. When the store is
+history. Unchanged users (no store entry) use the artifact's stored user states; stored histories use
+fold-in, cached in the store under ``(model_version, history version)`` (models whose state is empty,
+e.g. EASE, need no fold-in and cache nothing). When the store is
 unreachable, reads fall back to the artifact's histories (``history_source: "artifact"``, counted in
 ``ld4mrec_history_fallback_reads_total``) and writes raise :class:`StoreUnavailableError` (503).
 """
@@ -123,20 +124,21 @@ class Recommender:
             raise UnknownUserError(list(dict.fromkeys(unknown)))
 
         requests, sources = [], []
-        signals: np.ndarray | None
+        state: np.ndarray | None
         for user_index, entry in zip(indices, stored, strict=True):
             if entry is None:
-                history, signals, source = (
+                history, state, source = (
                     engine.artifact_history(user_index),
-                    engine.stored_signals(user_index),
+                    engine.stored_state(user_index),
                     "artifact",
                 )
             else:
                 history, _ = engine.item_indices(entry.item_ids)  # ids a reloaded catalogue lacks drop out
-                signals = engine.decode_signals(entry.foldin)
-                (self.metrics.foldin_hits if signals is not None else self.metrics.foldin_misses).inc()
+                state = engine.decode_state(entry.foldin)
+                if engine.caches_state:
+                    (self.metrics.foldin_hits if state is not None else self.metrics.foldin_misses).inc()
                 source = self.store.backend
-            requests.append(self._request(user_index, history, signals, ranking))
+            requests.append(self._request(user_index, history, state, ranking))
             sources.append(source)
 
         results = await self.batcher.submit_many(engine, requests)
@@ -177,13 +179,13 @@ class Recommender:
     # -- helpers ---------------------------------------------------------------------------------------------
     @staticmethod
     def _request(
-        user_index: int, history: np.ndarray, signals: np.ndarray | None, ranking: _Ranking
+        user_index: int, history: np.ndarray, state: np.ndarray | None, ranking: _Ranking
     ) -> ScoringRequest:
         if ranking.exclude_seen and history.size:
             exclude = np.concatenate([history, ranking.exclude]) if ranking.exclude.size else history
         else:
             exclude = ranking.exclude
-        return ScoringRequest(user_index, history, signals, ranking.k, exclude, ranking.candidates)
+        return ScoringRequest(user_index, history, state, ranking.k, exclude, ranking.candidates)
 
     async def _cache_foldins(
         self,
@@ -194,11 +196,11 @@ class Recommender:
     ) -> None:
         """Store the fold-ins this call computed; a store failure only costs a later recomputation."""
         for user_id, entry, result in zip(user_ids, stored, results, strict=True):
-            if entry is None or result.folded_signals is None:
+            if entry is None or result.folded_state is None:
                 continue
             try:
                 await self.store.put_foldin(
-                    user_id, entry.version, engine.model_version, result.folded_signals.tobytes()
+                    user_id, entry.version, engine.model_version, result.folded_state.tobytes()
                 )
             except StoreUnavailableError as exc:
                 log.warning("fold-in not cached: %s", exc)

@@ -48,7 +48,7 @@ def load_engine(path: Path, settings: Settings) -> Engine:
     engine = Engine.load(path, resolve_device(settings.device), settings.precision)
     warm_up = engine.score([ScoringRequest(-1, np.zeros(0, dtype=np.int64), None, 1)])[0]
     if engine.n_items and warm_up.items.size == 0:
-        raise ArtifactError(Path(path) / "weights.safetensors", "the model's scores are not finite")
+        raise ArtifactError(Path(path) / "manifest.json", "the model's scores are not finite")
     return engine
 
 

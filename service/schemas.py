@@ -112,6 +112,9 @@ class ReadinessResponse(BaseModel):
 
 
 class ModelResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model: str = Field(description="the registered model name, e.g. 'ld4mrec', 'ease', 'popularity'")
     model_version: str
     dataset: str
     created_at: str
@@ -126,7 +129,9 @@ class ModelResponse(BaseModel):
         description="weights of the served model: 'fp32', or 'int8' (dynamic int8 nn.Linear layers; "
         "LD4MREC_PRECISION)"
     )
-    hyperparameters: dict[str, Any]
+    hyperparameters: dict[str, Any] = Field(description="the model's configuration")
+    fitted: dict[str, Any] = Field(description="what fitting chose, e.g. EASE's L2 strength")
+    training: dict[str, Any] = Field(description="the training run: seed, epochs, best epoch, timing")
 
 
 class ReloadRequest(BaseModel):

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from training.config import TrainConfig
+from model.ld4mrec.config import LD4MRecConfig
+from training.config import RunConfig
 from training.dataset import InteractionData, load_dataset
 from training.export import export_artifact
 from training.synthetic import SyntheticSpec, write_synthetic_dataset
@@ -16,9 +17,8 @@ from training.trainer import train
 SMALL_SPEC = SyntheticSpec(
     n_users=240, n_items=150, latent_dim=8, mean_clicks=16, modalities=(("image", 12), ("text", 8))
 )
-TINY_CONFIG: dict[str, Any] = dict(
-    epochs=30, hidden_dim=64, svd_rank=16, batch_size=64, lr=1e-3, patience=10, threads=1
-)
+TINY_LD4MREC: dict[str, Any] = dict(hidden_dim=64, svd_rank=16, batch_size=64, lr=1e-3)
+TINY_RUN: dict[str, Any] = dict(epochs=30, patience=10, threads=1)
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +35,6 @@ def synthetic_data(synthetic_dir: Path) -> InteractionData:
 @pytest.fixture(scope="session")
 def tiny_artifact(synthetic_data: InteractionData, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An artifact trained for a few epochs on the synthetic dataset (read-only for tests: copy to modify)."""
-    cfg = TrainConfig(**TINY_CONFIG)
-    result = train(synthetic_data, cfg, progress=False)
-    return export_artifact(result, synthetic_data, cfg, tmp_path_factory.mktemp("artifacts") / "tiny")
+    run = RunConfig(**TINY_RUN)
+    result = train(synthetic_data, "ld4mrec", LD4MRecConfig(**TINY_LD4MREC), run, progress=False)
+    return export_artifact(result, synthetic_data, run, tmp_path_factory.mktemp("artifacts") / "tiny")

@@ -1,4 +1,4 @@
-"""``ld4mrec-train``: load (or generate) a dataset, train LD4MRec, evaluate, export an artifact."""
+"""``ld4mrec-train``: load (or generate) a dataset, train the chosen model, evaluate, export an artifact."""
 
 from __future__ import annotations
 
@@ -8,10 +8,14 @@ import json
 import logging
 import sys
 import tempfile
+import typing
 from pathlib import Path
+from typing import Any
 
 from model.artifact import ArtifactError
-from training.config import TrainConfig
+from model.base import ConfigError, ModelConfig
+from model.registry import DEFAULT_MODEL, get_model, model_names
+from training.config import RunConfig
 from training.dataset import DatasetError, InteractionData, load_dataset
 from training.export import export_artifact
 from training.synthetic import SyntheticSpec, write_synthetic_dataset
@@ -24,11 +28,37 @@ log = logging.getLogger("ld4mrec.train")
 DEMO = "demo"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_options(group: argparse._ArgumentGroup, config_class: type[ModelConfig]) -> None:
+    """One flag per config field, with its default and help line."""
+    defaults = config_class()
+    hints = typing.get_type_hints(config_class)
+    for f in dataclasses.fields(config_class):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_text = f.metadata.get("help", "")
+        if isinstance(default, bool):
+            group.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
+        elif typing.get_origin(hints[f.name]) is tuple:
+            (inner, *_rest) = typing.get_args(hints[f.name])
+            group.add_argument(
+                flag, dest=f.name, type=inner, nargs="+", default=list(default), help=help_text, metavar="X"
+            )
+        else:
+            group.add_argument(flag, dest=f.name, type=type(default), default=default, help=help_text)
+
+
+def build_parser(model_name: str = DEFAULT_MODEL) -> argparse.ArgumentParser:
+    """The parser with the run options and ``model_name``'s hyperparameters."""
     parser = argparse.ArgumentParser(
         prog="ld4mrec-train",
-        description="Train LD4MRec on a dataset in the MMRec layout and export a service artifact.",
+        description="Train a recommender on a dataset in the MMRec layout and export a service artifact. "
+        f"Hyperparameters shown are {model_name}'s; `--model NAME --help` shows another model's.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, choices=model_names(), help="which model to train"
     )
     parser.add_argument(
         "--data", required=True, help=f"dataset directory (<name>.inter + <modality>_feat.npy) or '{DEMO}'"
@@ -37,19 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", required=True, help="artifact directory to write (an existing artifact there is replaced)"
     )
     parser.add_argument(
-        "--modalities", default=None, help="comma-separated modality order (default: all, sorted)"
+        "--modalities", default=None, help="comma-separated modality order (default: all, sorted by name)"
     )
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    defaults = TrainConfig()
-    group = parser.add_argument_group("hyperparameters")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        if isinstance(default, bool):
-            group.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default)
-        else:
-            group.add_argument(flag, dest=f.name, type=type(default), default=default)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
+    _add_options(parser.add_argument_group("run options"), RunConfig)
+    _add_options(parser.add_argument_group(f"{model_name} hyperparameters"), get_model(model_name).config_class)
     return parser
+
+
+def _chosen_model(argv: list[str]) -> str:
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--model", default=DEFAULT_MODEL, choices=model_names())
+    known, _ = pre.parse_known_args(argv)
+    return str(known.model)
+
+
+def _config(config_class: type[ModelConfig], args: argparse.Namespace) -> Any:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class)}
+    return config_class.from_dict(values)
 
 
 def _load(data_arg: str, modalities: list[str] | None, workdir: Path) -> InteractionData:
@@ -60,12 +95,15 @@ def _load(data_arg: str, modalities: list[str] | None, workdir: Path) -> Interac
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    model_name = _chosen_model(argv)
+    args = build_parser(model_name).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    model_class = get_model(model_name)
     try:
-        cfg.validate()
-    except ValueError as exc:
+        run = _config(RunConfig, args)
+        model_config = _config(model_class.config_class, args)
+    except ConfigError as exc:
         print(f"ld4mrec-train: error: {exc}", file=sys.stderr)
         return 2
     modalities = [m for m in args.modalities.split(",") if m] if args.modalities else None
@@ -76,17 +114,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ld4mrec-train: dataset error: {exc}", file=sys.stderr)
             return 2
         log.info("dataset %s", data.summary())
-        log.info("config %s", json.dumps(cfg.to_dict(), sort_keys=True))
-        result = train(data, cfg, progress=not args.quiet)
+        log.info("model %s %s", model_name, json.dumps(model_config.to_dict(), sort_keys=True))
+        log.info("run %s", json.dumps(run.to_dict(), sort_keys=True))
         try:
-            path = export_artifact(result, data, cfg, args.out)
+            result = train(data, model_name, model_config, run, progress=not args.quiet)
+        except (ConfigError, MemoryError) as exc:
+            print(f"ld4mrec-train: cannot train {model_name}: {exc}", file=sys.stderr)
+            return 2
+        try:
+            path = export_artifact(result, data, run, args.out)
         except ArtifactError as exc:
             print(f"ld4mrec-train: cannot write artifact: {exc}", file=sys.stderr)
             return 2
     test = result.metrics["test"]
     log.info(
-        "done: best epoch %d, test recall@20 %.4f ndcg@20 %.4f; artifact at %s (manifest: %s)",
-        result.best_epoch,
+        "done: %s, test recall@20 %.4f ndcg@20 %.4f; artifact at %s (manifest: %s)",
+        f"best epoch {result.best_epoch}" if model_class.iterative else "closed form",
         test["recall@20"],
         test["ndcg@20"],
         path,

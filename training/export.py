@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-
-import numpy as np
+from typing import Any
 
 from model.artifact import Artifact, write_artifact
-from training.config import TrainConfig
+from training.config import RunConfig
 from training.dataset import InteractionData
 from training.trainer import TrainResult
 
@@ -18,31 +17,32 @@ log = logging.getLogger(__name__)
 
 
 def export_artifact(
-    result: TrainResult, data: InteractionData, cfg: TrainConfig, out_dir: str | Path
+    result: TrainResult,
+    data: InteractionData,
+    run: RunConfig,
+    out_dir: str | Path,
+    extra_training: dict[str, Any] | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> Path:
-    """Write weights, signals, fold-in basis, histories, id maps, log and manifest to ``out_dir``."""
-    model = result.model
-    hyper = cfg.to_dict() | {
+    """Write the model's arrays, the training users' states, histories, id maps, log and manifest."""
+    training = run.to_dict() | {
         "best_epoch": result.best_epoch,
         "seconds_per_epoch": round(result.seconds_per_epoch, 4),
+        "fit_seconds": round(result.fit_seconds, 2),
+        "world_size": 1,
     }
     art = Artifact(
+        model=result.model,
         dataset=data.name,
         modality_names=data.modality_names,
-        cnet_config=model.cnet.cfg,
-        diffusion=model.diffusion,
-        weights={k: v.detach().cpu() for k, v in model.cnet.state_dict().items()},
-        z_in=model.z_in.weight.detach().cpu().numpy(),
-        signals=result.signals,
-        basis=result.basis,
-        train_histories=data.train,
-        item_popularity=np.asarray(data.train.sum(axis=0)).ravel().astype(np.float32),
         user_ids=data.user_ids,
         item_ids=data.item_ids,
+        train_histories=data.train,
+        user_states=result.model.user_states(),
         metrics=result.metrics,
-        train_config=hyper,
+        training=training | (extra_training or {}),
         training_log=result.log,
     )
-    path = write_artifact(art, out_dir)
+    path = write_artifact(art, out_dir, extra_files=extra_files)
     log.info("artifact %s written to %s", art.model_version, path)
     return path

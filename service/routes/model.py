@@ -14,11 +14,12 @@ router = APIRouter(tags=["model"], route_class=ReadKeyRoute, dependencies=[Depen
 
 @router.get("/model", response_model=ModelResponse, responses=ERRORS, summary="The loaded model")
 async def model_info(recommender: RecommenderDep) -> ModelResponse:
-    """Version, dataset, sizes, modalities, offline metrics, device, precision and hyperparameters of the
-    loaded model."""
+    """Model name, version, dataset, sizes, modalities, offline metrics, device, precision, hyperparameters
+    and training run of the loaded model."""
     engine = recommender.engine
     art = engine.artifact
     return ModelResponse(
+        model=art.model.name,
         model_version=art.model_version,
         dataset=art.dataset,
         created_at=art.created_at,
@@ -28,5 +29,7 @@ async def model_info(recommender: RecommenderDep) -> ModelResponse:
         metrics=art.metrics,
         device=str(engine.device),
         precision=engine.precision,
-        hyperparameters=art.train_config,
+        hyperparameters=art.model.config.to_dict(),
+        fitted=art.model.fitted(),
+        training=art.training,
     )

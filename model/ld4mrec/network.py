@@ -1,4 +1,4 @@
-"""LD4MRec: C-Net + per-user initial-step embeddings + diffusion schedule + signal projection.
+"""The LD4MRec network: C-Net + per-user initial-step embeddings + diffusion schedule + signal projection.
 
 Inference is forward-free (Algorithm 2): ``x0_hat = C-Net(x_in, z_in(u), c_u, {m_u})`` in one pass with a
 sparse first layer. Forward-noised, DiffRec-style multi-step inference exists for comparisons.
@@ -6,96 +6,49 @@ sparse first layer. Forward-noised, DiffRec-style multi-step inference exists fo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
-from model.cnet import CNet, CNetConfig
-from model.diffusion import DiffusionSchedule, step_embedding
-from model.signals import SignalProjection, signals_from_histories
+from model.base import UserBatch
+from model.ld4mrec.cnet import CNet, CNetConfig
+from model.ld4mrec.diffusion import DiffusionSchedule, step_embedding
+from model.ld4mrec.signals import SignalProjection, signals_from_histories
 
-__all__ = ["DiffusionConfig", "HistoryBatch", "LD4MRec"]
-
-
-@dataclass(frozen=True)
-class DiffusionConfig:
-    """Forward process: T steps, noise scale s, a_min, a_max (spec Eq. 3)."""
-
-    steps: int = 5
-    noise_scale: float = 0.1
-    noise_min: float = 1e-4
-    noise_max: float = 0.02
-    # step embedding of forward-free inference: 0 = z_in(u) alone (the paper's Algorithm 2); t >= 1 =
-    # sin_emb(t) + z_in(u), the embedding C-Net saw in training for step t (still one pass, no noise)
-    inference_step: int = 0
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.inference_step <= self.steps:
-            raise ValueError(f"inference_step must be in 0..{self.steps}, got {self.inference_step}")
-
-    def schedule(self) -> DiffusionSchedule:
-        return DiffusionSchedule(self.steps, self.noise_scale, self.noise_min, self.noise_max)
+__all__ = ["LD4MRecNet"]
 
 
-@dataclass
-class HistoryBatch:
-    """B histories in embedding-bag form.
+class LD4MRecNet(nn.Module):
+    """The network; ``z_in`` is the (n_users, d_fwd) table of initial-step embeddings (zero at start).
 
-    Attributes:
-        item_ids: (total,) int64, the clicked items of every history, concatenated.
-        offsets: (B,) int64, start of each history in ``item_ids``.
-        user_index: (B,) int64 internal user ids; -1 for a user the model never saw (cold start).
-        signals: (B, width) float32 condition signals of each history.
+    Args:
+        cnet_config: C-Net's architecture.
+        n_users: rows of ``z_in``.
+        schedule: the forward process of training (T steps).
+        inference_step: step embedding of forward-free inference: 0 = z_in(u) alone (the paper's
+            Algorithm 2); t >= 1 = sin_emb(t) + z_in(u), what C-Net saw in training for step t.
+        projection: the fixed signal projection (fold-in).
     """
-
-    item_ids: torch.Tensor
-    offsets: torch.Tensor
-    user_index: torch.Tensor
-    signals: torch.Tensor
-
-    @property
-    def size(self) -> int:
-        return int(self.offsets.shape[0])
-
-    @classmethod
-    def from_csr(
-        cls, histories: sp.csr_matrix, user_index: np.ndarray, signals: np.ndarray, device: torch.device
-    ) -> HistoryBatch:
-        return cls(
-            item_ids=torch.from_numpy(histories.indices.astype(np.int64)).to(device),
-            offsets=torch.from_numpy(histories.indptr[:-1].astype(np.int64)).to(device),
-            user_index=torch.from_numpy(np.asarray(user_index, dtype=np.int64)).to(device),
-            signals=torch.from_numpy(np.ascontiguousarray(signals, dtype=np.float32)).to(device),
-        )
-
-    def dense(self, n_items: int) -> torch.Tensor:
-        """(B, n) multi-hot float matrix of the histories."""
-        lengths = torch.diff(
-            self.offsets, append=torch.tensor([self.item_ids.shape[0]], device=self.offsets.device)
-        )
-        rows = torch.repeat_interleave(torch.arange(self.size, device=self.offsets.device), lengths)
-        x = torch.zeros(self.size, n_items, device=self.item_ids.device)
-        x[rows, self.item_ids] = 1.0
-        return x
-
-
-class LD4MRec(nn.Module):
-    """The full model; ``z_in`` is the (n_users, d_fwd) table of initial-step embeddings (zero at start)."""
 
     signal_matrix: torch.Tensor
 
     def __init__(
-        self, cnet_config: CNetConfig, n_users: int, diffusion: DiffusionConfig, projection: SignalProjection
+        self,
+        cnet_config: CNetConfig,
+        n_users: int,
+        schedule: DiffusionSchedule,
+        inference_step: int,
+        projection: SignalProjection,
     ):
         super().__init__()
+        if not 0 <= inference_step <= schedule.steps:
+            raise ValueError(f"inference_step must be in 0..{schedule.steps}, got {inference_step}")
         self.cnet = CNet(cnet_config)
         self.z_in = nn.Embedding(n_users, cnet_config.step_dim)
         nn.init.zeros_(self.z_in.weight)
-        self.diffusion = diffusion
-        self.schedule = diffusion.schedule()
+        self.schedule = schedule
+        self.inference_step = inference_step
         self.projection = projection
         self.register_buffer("signal_matrix", torch.from_numpy(projection.matrix.copy()), persistent=False)
 
@@ -138,20 +91,22 @@ class LD4MRec(nn.Module):
     def inference_step_embedding(self, user_index: torch.Tensor) -> torch.Tensor:
         """z (B, d_fwd) for forward-free inference: z_in(u), plus sin_emb(t) if ``inference_step`` t >= 1."""
         z = self.initial_step_embedding(user_index)
-        t = self.diffusion.inference_step
+        t = self.inference_step
         if t == 0:
             return z
         step = torch.full((user_index.shape[0],), t, dtype=torch.long, device=z.device)
         return step_embedding(step, self.cnet.cfg.step_dim).to(z.dtype) + z
 
-    def score(self, batch: HistoryBatch) -> torch.Tensor:
-        """Forward-free inference (Algorithm 2): one pass on the clean history, sparse path -> (B, n)."""
+    def score(self, batch: UserBatch) -> torch.Tensor:
+        """Forward-free inference (Algorithm 2): one pass on the clean history, sparse path -> (B, n).
+
+        ``batch.states`` are the condition signals (B, width)."""
         h = self.cnet.embed_sparse(batch.item_ids, batch.offsets)
-        return self.cnet.forward_hidden(h, self.inference_step_embedding(batch.user_index), batch.signals)
+        return self.cnet.forward_hidden(h, self.inference_step_embedding(batch.user_index), batch.states)
 
     def score_forward_noised(
         self,
-        batch: HistoryBatch,
+        batch: UserBatch,
         start_step: int,
         generator: torch.Generator | None = None,
         schedule: DiffusionSchedule | None = None,
@@ -177,12 +132,11 @@ class LD4MRec(nn.Module):
         else:
             x_t, first = x0, schedule.steps
         z_in = self.initial_step_embedding(batch.user_index)
-        history_len = x0.sum(dim=1)
         for t in range(first, 0, -1):
             t_model = -(-t * trained_steps // schedule.steps)  # ceil(t * T / T')
             step = torch.full((batch.size,), t_model, dtype=torch.long, device=x0.device)
-            z = step_embedding(step, self.cnet.cfg.step_dim) + z_in
-            h = self.cnet.embed_dense(x_t, history_len=history_len)
-            x0_hat = self.cnet.forward_hidden(h, z, batch.signals)
+            z = step_embedding(step, self.cnet.cfg.step_dim).to(z_in.dtype) + z_in
+            h = self.cnet.embed_dense(x_t)
+            x0_hat = self.cnet.forward_hidden(h, z, batch.states)
             x_t = schedule.posterior_mean(x0_hat, x_t, t) if t > 1 else x0_hat
         return x_t

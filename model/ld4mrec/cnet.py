@@ -8,8 +8,7 @@ d_m per-modality dims.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,12 +30,8 @@ class CNetConfig:
         use_cg: collaboration-aware generation blocks (False: ``act(W1 [h; z])`` in their place).
         use_pg: preference-aware generation blocks (False: the two CG blocks are linked directly).
         input_dropout: dropout on the (noisy) behaviour vector before FC_in, training only.
-        condition_dropout: probability of zeroing a user's whole condition (each signal separately),
-            training only.
         gate_bias: initial bias of the CG gate; negative starts the collaborative branch near off.
         activation: "tanh" (DiffRec) or "leaky_relu".
-        content_output: item output embeddings get a learned projection of the item features added
-            (``W_out + F P``), so that items share what their features say (cold and sparse items).
     """
 
     n_items: int
@@ -47,23 +42,8 @@ class CNetConfig:
     use_cg: bool = True
     use_pg: bool = True
     input_dropout: float = 0.5
-    condition_dropout: float = 0.0
     gate_bias: float = -4.0
     activation: str = "tanh"
-    content_output: bool = False
-    input_norm: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["modality_dims"] = list(self.modality_dims)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CNetConfig:
-        d = dict(d)
-        d["modality_dims"] = tuple(d.get("modality_dims", ()))
-        return cls(**d)
 
 
 def _activation(name: str) -> nn.Module:
@@ -145,7 +125,6 @@ class CNet(nn.Module):
 
     signal_mean: torch.Tensor
     signal_std: torch.Tensor
-    item_content: torch.Tensor
 
     def __init__(self, cfg: CNetConfig) -> None:
         super().__init__()
@@ -160,46 +139,28 @@ class CNet(nn.Module):
         self.pg_blocks = nn.ModuleList(PGBlock(dm, d) for dm in cfg.modality_dims[:n_pg])
         self.pg_act = nn.LeakyReLU(0.2)
         self.out = _xavier_linear(d, cfg.n_items)
-        content_dim = sum(cfg.modality_dims) if cfg.content_output else 0
-        if content_dim:
-            # (n, sum d_m) standardised item features, fixed; the projection starts at zero (no-op).
-            self.register_buffer("item_content", torch.zeros(cfg.n_items, content_dim))
-            self.content_proj = nn.Linear(content_dim, d, bias=False)
-            nn.init.zeros_(self.content_proj.weight)
         # Fixed standardisation of the condition signals (set from training users, saved with the weights).
         width = cfg.collab_dim + sum(cfg.modality_dims)
         self.register_buffer("signal_mean", torch.zeros(width))
         self.register_buffer("signal_std", torch.ones(width))
 
     # -- first layer -------------------------------------------------------------------------------------
-    def embed_dense(
-        self, x: torch.Tensor, keep_mask: torch.Tensor | None = None, history_len: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def embed_dense(self, x: torch.Tensor, keep_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, n) dense, possibly noisy -> h (B, d).
 
         In training mode the input dropout is applied, with ``keep_mask`` (B, n) of 0/1 when the caller
         needs to know which entries were kept (e.g. to compute signals from the visible history).
-        ``history_len`` (B,) is the length of each clean history (needed with ``input_norm``).
         """
         if self.training and self.cfg.input_dropout > 0:
             if keep_mask is None:
                 x = F.dropout(x, p=self.cfg.input_dropout)
             else:
                 x = x * keep_mask / (1.0 - self.cfg.input_dropout)
-        h = x @ self.item_in
-        if self.cfg.input_norm:
-            if history_len is None:
-                raise ValueError("input_norm needs the history lengths")
-            h = h * history_len.clamp_min(1.0).rsqrt()[:, None]
-        return h + self.bias_in
+        return x @ self.item_in + self.bias_in
 
     def embed_sparse(self, item_ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Binary histories as a flat id list + bag offsets (as ``F.embedding_bag``) -> h (B, d)."""
-        h = F.embedding_bag(item_ids, self.item_in, offsets, mode="sum")
-        if self.cfg.input_norm:
-            ends = torch.cat([offsets[1:], offsets.new_tensor([item_ids.shape[0]])])
-            h = h * (ends - offsets).clamp_min(1).float().rsqrt()[:, None]
-        return h + self.bias_in
+        return F.embedding_bag(item_ids, self.item_in, offsets, mode="sum") + self.bias_in
 
     # -- conditions ----------------------------------------------------------------------------------------
     def set_signal_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -211,9 +172,6 @@ class CNet(nn.Module):
         """Standardise (B, width) signals and split them into c (B, d_c) and [m_k (B, d_k)]."""
         s = (signals - self.signal_mean) / self.signal_std
         blocks = list(torch.split(s, [self.cfg.collab_dim, *self.cfg.modality_dims], dim=1))
-        if self.training and self.cfg.condition_dropout > 0:
-            keep_p = 1.0 - self.cfg.condition_dropout
-            blocks = [b * (torch.rand(b.shape[0], 1, device=b.device) < keep_p).to(b.dtype) for b in blocks]
         return blocks[0], blocks[1:]
 
     # -- body ----------------------------------------------------------------------------------------------
@@ -226,23 +184,8 @@ class CNet(nn.Module):
                 h = self.pg_act(h)
             h = block(h, m)
         h = self.cg_second(h, z, c)
-        return self.output(h)
-
-    def output(self, h: torch.Tensor) -> torch.Tensor:
-        """FC_out: h (B, d) -> scores (B, n)."""
-        scores = self.out(h)
-        if hasattr(self, "content_proj"):
-            scores = scores + h @ self.content_proj(self.item_content).T
-        return scores
-
-    def set_item_content(self, features: list[torch.Tensor]) -> None:
-        """Fix the item features used by ``content_output``: each (n, d_m), L2-normalised per item."""
-        blocks = []
-        for f in features:  # centre each modality, then unit rows: every item row has norm 1 overall
-            f = f - f.mean(dim=0)
-            blocks.append(f / f.norm(dim=1, keepdim=True).clamp_min(1e-8) / len(features) ** 0.5)
-        self.item_content.copy_(torch.cat(blocks, dim=1))
+        return self.out(h)
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, signals: torch.Tensor) -> torch.Tensor:
         """Dense path for binary x (B, n), z (B, d_fwd), signals (B, width) -> x0_hat (B, n)."""
-        return self.forward_hidden(self.embed_dense(x, history_len=(x > 0.5).sum(dim=1).float()), z, signals)
+        return self.forward_hidden(self.embed_dense(x), z, signals)
