@@ -59,7 +59,7 @@ MAX_USERS = 100_000_000
 MAX_ITEMS = 100_000_000
 MAX_STATE_DIM = 1 << 16
 MAX_ID_BYTES = 1024  # longest external id (UTF-8)
-_DTYPES = {"float32": np.dtype(np.float32), "int64": np.dtype(np.int64)}
+_DTYPES: dict[str, np.dtype[Any]] = {"float32": np.dtype(np.float32), "int64": np.dtype(np.int64)}
 
 
 class ArtifactError(RuntimeError):
@@ -124,11 +124,15 @@ def _arrays_to_write(art: Artifact) -> dict[str, np.ndarray]:
     arrays = model.arrays()
     expected = type(model).array_shapes(model.config, art.n_users, art.n_items, model.dims())
     if set(arrays) != set(expected):
-        raise ValueError(f"{model.name}.arrays() keys differ from array_shapes(): {sorted(set(arrays) ^ set(expected))}")
+        raise ValueError(
+            f"{model.name}.arrays() keys differ from array_shapes(): {sorted(set(arrays) ^ set(expected))}"
+        )
     files: dict[str, np.ndarray] = {}
     for key, array in arrays.items():
         if tuple(array.shape) != expected[key]:
-            raise ValueError(f"{model.name} array {key}: shape {array.shape}, array_shapes() says {expected[key]}")
+            raise ValueError(
+                f"{model.name} array {key}: shape {array.shape}, array_shapes() says {expected[key]}"
+            )
         files[f"{MODEL_PREFIX}{key}.npy"] = np.ascontiguousarray(array, dtype=np.float32)
     if art.user_states.shape != (art.n_users, model.state_dim):
         raise ValueError(f"user_states shape {art.user_states.shape} != ({art.n_users}, {model.state_dim})")
@@ -139,7 +143,9 @@ def _arrays_to_write(art: Artifact) -> dict[str, np.ndarray]:
     return files
 
 
-def write_artifact(art: Artifact, out_dir: str | Path, extra_files: Mapping[str, bytes] | None = None) -> Path:
+def write_artifact(
+    art: Artifact, out_dir: str | Path, extra_files: Mapping[str, bytes] | None = None
+) -> Path:
     """Write ``art`` to ``out_dir`` atomically (a sibling temp dir, then rename); returns the path.
 
     ``extra_files`` (name -> bytes) may add the optional files (e.g. ``training_curve.png``). An existing
@@ -165,10 +171,14 @@ def write_artifact(art: Artifact, out_dir: str | Path, extra_files: Mapping[str,
             (tmp / name).write_bytes(content)
         for p in tmp.iterdir():
             os.chmod(p, 0o644)
-            files_meta[p.name] = {"sha256": _sha256(p), "bytes": p.stat().st_size} | files_meta.get(p.name, {})
+            files_meta[p.name] = {"sha256": _sha256(p), "bytes": p.stat().st_size} | files_meta.get(
+                p.name, {}
+            )
         created = art.created_at or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         content_hash = hashlib.sha256(
-            "".join(f"{n}:{m['sha256']}" for n, m in sorted(files_meta.items()) if n.endswith(".npy")).encode()
+            "".join(
+                f"{n}:{m['sha256']}" for n, m in sorted(files_meta.items()) if n.endswith(".npy")
+            ).encode()
         ).hexdigest()
         stamp = created.replace(":", "").replace("-", "")
         version = art.model_version or f"{art.model.name}-{art.dataset}-{stamp}-{content_hash[:8]}"
@@ -228,7 +238,8 @@ def _load_manifest(root: Path) -> dict[str, Any]:
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise ArtifactError(
-            path, f"format_version {str(version)[:20]!r} is not supported (this build reads {FORMAT_VERSION})"
+            path,
+            f"format_version {json.dumps(version)[:20]} is not supported (this build reads {FORMAT_VERSION})",
         )
     expected_types: dict[str, type | tuple[type, ...]] = {
         "model": dict,
@@ -258,7 +269,9 @@ def _load_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
-def _model_class_and_config(root: Path, manifest: dict[str, Any]) -> tuple[type[Recommender], Any, dict[str, Any]]:
+def _model_class_and_config(
+    root: Path, manifest: dict[str, Any]
+) -> tuple[type[Recommender], Any, dict[str, Any]]:
     path = root / MANIFEST
     spec = manifest["model"]
     name, config, dims = spec.get("name"), spec.get("config"), spec.get("dims", {})
@@ -282,7 +295,9 @@ def _expected_files(
     try:
         shapes = cls.array_shapes(config, n_users, n_items, dims)
     except (ConfigError, ValueError, TypeError, RuntimeError) as exc:
-        raise ArtifactError(root / MANIFEST, f"model {cls.name}: dims do not fit the config ({exc})") from None
+        raise ArtifactError(
+            root / MANIFEST, f"model {cls.name}: dims do not fit the config ({exc})"
+        ) from None
     expected: dict[str, tuple[str, tuple[int | None, ...]]] = {
         f"{MODEL_PREFIX}{key}.npy": ("float32", shape) for key, shape in shapes.items()
     }
@@ -294,14 +309,16 @@ def _expected_files(
 
 
 def _check_listing(root: Path, manifest: dict[str, Any], required: set[str]) -> None:
-    """The directory holds exactly the listed files, the listed files are the expected ones, checksums match."""
+    """The directory holds exactly the listed files, those are the expected ones, with the listed sizes."""
     files = manifest["files"]
     allowed = required | {USER_IDS, ITEM_IDS} | set(OPTIONAL_FILES)
     for name in sorted(files):
         if not isinstance(name, str) or Path(name).name != name or name.startswith("."):
             raise ArtifactError(root / MANIFEST, f"file entry {str(name)[:80]!r} is not a plain file name")
         if name not in allowed:
-            raise ArtifactError(root / name, "listed in manifest.json but not a file of this model's artifact")
+            raise ArtifactError(
+                root / name, "listed in manifest.json but not a file of this model's artifact"
+            )
         if not isinstance(files[name], dict):
             raise ArtifactError(root / MANIFEST, f"file entry {name} must be an object")
     for name in sorted((required | {USER_IDS, ITEM_IDS}) - set(files)):
@@ -315,7 +332,9 @@ def _check_listing(root: Path, manifest: dict[str, Any], required: set[str]) -> 
             raise ArtifactError(path, "missing or not a regular file (listed in manifest.json)")
         meta = files[name]
         if meta.get("bytes") != path.stat().st_size:
-            raise ArtifactError(path, f"size {path.stat().st_size} bytes differs from the manifest's {meta.get('bytes')!r}")
+            raise ArtifactError(
+                path, f"size {path.stat().st_size} bytes differs from the manifest's {meta.get('bytes')!r}"
+            )
 
 
 def _check_npy_header(path: Path, dtype: str, shape: tuple[int | None, ...], meta: Mapping[str, Any]) -> None:
@@ -334,14 +353,18 @@ def _check_npy_header(path: Path, dtype: str, shape: tuple[int | None, ...], met
         raise ArtifactError(path, f"unreadable .npy header ({str(exc)[:200]})") from None
     if real_dtype != _DTYPES[dtype] or fortran:
         raise ArtifactError(path, f"dtype {real_dtype} (fortran order {fortran}) is not C-ordered {dtype}")
-    if len(real_shape) != len(shape) or any(s is not None and s != r for s, r in zip(shape, real_shape, strict=True)):
+    if len(real_shape) != len(shape) or any(
+        s is not None and s != r for s, r in zip(shape, real_shape, strict=True)
+    ):
         shown = tuple("*" if s is None else s for s in shape)
         raise ArtifactError(path, f"shape {real_shape} does not match the expected {shown}")
     if list(real_shape) != meta.get("shape") or meta.get("dtype") != dtype:
         raise ArtifactError(path, "shape or dtype differs from its manifest entry")
     n_bytes = int(np.prod(real_shape, dtype=np.int64)) * _DTYPES[dtype].itemsize
     if offset + n_bytes != path.stat().st_size:
-        raise ArtifactError(path, f"holds {path.stat().st_size - offset} data bytes, its header says {n_bytes}")
+        raise ArtifactError(
+            path, f"holds {path.stat().st_size - offset} data bytes, its header says {n_bytes}"
+        )
 
 
 def _load_npy(path: Path, mmap: bool) -> np.ndarray:
@@ -422,7 +445,11 @@ def read_artifact(path: str | Path, device: torch.device | str = "cpu", *, mmap:
     try:
         model = cls.from_arrays(config, n_users, n_items, dims, arrays, device)
     except (ConfigError, ValueError, RuntimeError, KeyError) as exc:
-        raise ArtifactError(root / MANIFEST, f"model {cls.name} does not match its arrays ({str(exc)[:300]})") from None
+        raise ArtifactError(
+            root / MANIFEST, f"model {cls.name} does not match its arrays ({str(exc)[:300]})"
+        ) from None
+    fitted = manifest["model"].get("fitted", {})
+    model.fitted_info = fitted if isinstance(fitted, dict) else {}
     if model.state_dim != manifest["state_dim"]:
         raise ArtifactError(
             root / MANIFEST, f"state_dim {manifest['state_dim']} but model {cls.name} has {model.state_dim}"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ __all__ = [
     "TrainingData",
     "UserBatch",
     "Validate",
+    "as_tensor",
     "make_score_fn",
 ]
 
@@ -241,6 +243,7 @@ class Recommender(ABC):
     n_items: int
     device: torch.device = torch.device("cpu")
     precision: str = "fp32"
+    fitted_info: dict[str, Any] = {}  # what fitting chose (set by fit, or by the loader from the manifest)
 
     # -- build and fit -----------------------------------------------------------------------------------
     @classmethod
@@ -266,7 +269,7 @@ class Recommender(ABC):
 
     def fitted(self) -> dict[str, Any]:
         """What fitting chose (e.g. a regularisation selected on valid), for the manifest."""
-        return {}
+        return dict(self.fitted_info)
 
     # -- user states and scoring ---------------------------------------------------------------------------
     @property
@@ -334,3 +337,11 @@ def make_score_fn(model: Recommender, histories: sp.csr_matrix, states: np.ndarr
         return model.score(batch)
 
     return score
+
+
+def as_tensor(array: np.ndarray) -> torch.Tensor:
+    """A CPU tensor sharing ``array``'s memory, also for a read-only (memory-mapped) array; such a tensor
+    must never be written (models only read their loaded arrays or copy them)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.asarray(array))

@@ -1,9 +1,10 @@
 """EASE (Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019), closed form.
 
-``B = I - P / diag(P)`` with ``P = (X^T X + lambda I)^-1`` (so ``diag(B) = 0``), scores ``x_u B``. The L2
-strength ``lambda`` is chosen on the valid split from a grid. Memory grows with items^2: :func:`ease_memory_bytes`
-is what a fit needs at its peak, and :meth:`EASE.create` refuses a catalogue that would not fit, before
-allocating anything. Folding in a history is exact: scores are a function of the history alone.
+``B = I - P / diag(P)`` with ``P = (X^T X + lambda I)^-1`` (so ``diag(B) = 0``), scores ``x_u B``. The
+L2 strength ``lambda`` is chosen on the valid split from a grid. Memory grows with items^2:
+:func:`ease_memory_bytes` is what a fit needs at its peak, and :meth:`EASE.create` refuses a catalogue
+that would not fit, before allocating anything. Folding in a history is exact: scores are a function of
+the history alone.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from model.base import (
     TrainingData,
     UserBatch,
     Validate,
+    as_tensor,
     make_score_fn,
     option,
 )
@@ -93,7 +95,6 @@ class EASE(Recommender):
         self.n_items = int(weights.shape[0])
         self.device = weights.device
         self.weights = weights
-        self._fitted: dict[str, Any] = {}
 
     @classmethod
     def create(cls, config: ModelConfig, data: TrainingData, ctx: FitContext) -> Self:
@@ -132,10 +133,7 @@ class EASE(Recommender):
                 best = (l2, valid[SELECT_METRIC], self.weights)
         assert best is not None
         self.weights = best[2]
-        self._fitted = {"l2": best[0], f"valid_{SELECT_METRIC}_by_l2": by_l2}
-
-    def fitted(self) -> dict[str, Any]:
-        return dict(self._fitted)
+        self.fitted_info = {"l2": best[0], f"valid_{SELECT_METRIC}_by_l2": by_l2}
 
     def score(self, batch: UserBatch) -> torch.Tensor:
         """(B, n): the sum of the rows of B of each history's items (an embedding bag)."""
@@ -164,7 +162,7 @@ class EASE(Recommender):
         device: torch.device,
     ) -> Self:
         assert isinstance(config, EASEConfig)
-        weights = torch.from_numpy(np.asarray(arrays["weights"], dtype=np.float32)).to(device)
+        weights = as_tensor(arrays["weights"]).to(device)
         return cls(config, n_users, weights)
 
 
@@ -177,7 +175,9 @@ def _closed_form(gram: np.ndarray, l2: float, block: int = 2048) -> torch.Tensor
     work[np.diag_indices_from(work)] += l2
     chol, info = lapack.dpotrf(work, lower=False, overwrite_a=True, clean=False)
     if info != 0:
-        raise np.linalg.LinAlgError(f"EASE: the Gram matrix + {l2:g} I is not positive definite (potrf {info})")
+        raise np.linalg.LinAlgError(
+            f"EASE: the Gram matrix + {l2:g} I is not positive definite (potrf {info})"
+        )
     p, info = lapack.dpotri(chol, lower=False, overwrite_c=True)
     if info != 0:
         raise np.linalg.LinAlgError(f"EASE: inversion failed (potri {info})")

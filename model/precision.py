@@ -3,8 +3,9 @@
 A model says which it supports (``Recommender.precisions``) and converts itself
 (``Recommender.with_precision``); this module holds the shared pieces. For LD4MRec, ``int8`` is
 ``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear``: the CG blocks' hidden, condition and
-gate layers, the PG blocks' MLPs and ``FC_out`` (hidden x n_items, the largest read of a pass). Their weights are stored as int8 (per-tensor scale), activations are
-quantised per batch on the fly, outputs are fp32. The first layer ``item_in`` (a Parameter read by the
+gate layers, the PG blocks' MLPs and ``FC_out`` (hidden x n_items, the largest read of a pass). Their
+weights are stored as int8 (per-tensor scale), activations are quantised per batch on the fly, outputs
+are fp32. The first layer ``item_in`` (a Parameter read by the
 embedding bag), the biases outside those layers, ``z_in`` and the signal standardisation stay fp32, and so
 do the scores. CPU only: the quantised kernels (fbgemm / onednn) have no CUDA implementation.
 

@@ -28,4 +28,6 @@ def get_model(name: str) -> type[Recommender]:
         return MODELS[name]
     except (KeyError, TypeError):
         shown = name[:64] if isinstance(name, str) else type(name).__name__
-        raise UnknownModelError(f"unknown model {shown!r}; known models: {', '.join(model_names())}") from None
+        raise UnknownModelError(
+            f"unknown model {shown!r}; known models: {', '.join(model_names())}"
+        ) from None

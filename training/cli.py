@@ -57,9 +57,7 @@ def build_parser(model_name: str = DEFAULT_MODEL) -> argparse.ArgumentParser:
         f"Hyperparameters shown are {model_name}'s; `--model NAME --help` shows another model's.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument(
-        "--model", default=DEFAULT_MODEL, choices=model_names(), help="which model to train"
-    )
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=model_names(), help="which model to train")
     parser.add_argument(
         "--data", required=True, help=f"dataset directory (<name>.inter + <modality>_feat.npy) or '{DEMO}'"
     )
@@ -71,7 +69,9 @@ def build_parser(model_name: str = DEFAULT_MODEL) -> argparse.ArgumentParser:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar or progress lines")
     _add_options(parser.add_argument_group("run options"), RunConfig)
-    _add_options(parser.add_argument_group(f"{model_name} hyperparameters"), get_model(model_name).config_class)
+    config_class = get_model(model_name).config_class
+    none = None if dataclasses.fields(config_class) else f"{model_name} has no hyperparameters."
+    _add_options(parser.add_argument_group(f"{model_name} hyperparameters", none), config_class)
     return parser
 
 

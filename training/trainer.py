@@ -11,7 +11,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.base import SELECT_METRIC, FitContext, ModelConfig, Recommender, ScoreFn, TrainingData, make_score_fn
+from model.base import (
+    SELECT_METRIC,
+    FitContext,
+    ModelConfig,
+    Recommender,
+    ScoreFn,
+    TrainingData,
+    make_score_fn,
+)
 from model.registry import get_model
 from training.config import RunConfig
 from training.dataset import InteractionData

@@ -45,6 +45,7 @@ class DiffusionSchedule:
         if steps < 1:
             raise ValueError(f"diffusion steps must be >= 1, got {steps}")
         self.steps = steps
+        self.noise_scale, self.noise_min, self.noise_max = noise_scale, noise_min, noise_max
         frac = torch.linspace(0.0, 1.0, steps, dtype=torch.float64) if steps > 1 else torch.zeros(1)
         one_minus_abar = noise_scale * (noise_min + frac.double() * (noise_max - noise_min))
         self.alpha_bar = (1.0 - one_minus_abar).double()  # (T,), index t-1

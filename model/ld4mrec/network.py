@@ -6,6 +6,8 @@ sparse first layer. Forward-noised, DiffRec-style multi-step inference exists fo
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -49,6 +51,10 @@ class LD4MRecNet(nn.Module):
         nn.init.zeros_(self.z_in.weight)
         self.schedule = schedule
         self.inference_step = inference_step
+        if not projection.matrix.flags.c_contiguous:
+            # fold-in is CSR @ projection; scipy copies a dense operand that is not C-ordered on every call
+            # (at the sports shape 18,357 x 200 float32: 14.7 MB, ~3.4 ms per fold-in). Same values.
+            projection = dataclasses.replace(projection, matrix=np.ascontiguousarray(projection.matrix))
         self.projection = projection
         self.register_buffer("signal_matrix", torch.from_numpy(projection.matrix.copy()), persistent=False)
 

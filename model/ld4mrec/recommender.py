@@ -15,7 +15,16 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from model.base import ConfigError, FitContext, ModelConfig, PrecisionError, Recommender, TrainingData, UserBatch
+from model.base import (
+    ConfigError,
+    FitContext,
+    ModelConfig,
+    PrecisionError,
+    Recommender,
+    TrainingData,
+    UserBatch,
+    as_tensor,
+)
 from model.ld4mrec.cnet import CNet, CNetConfig
 from model.ld4mrec.config import LD4MRecConfig
 from model.ld4mrec.diffusion import DiffusionSchedule
@@ -53,7 +62,9 @@ class _FitState:
     generator: torch.Generator
 
 
-def _cnet_config(cfg: LD4MRecConfig, n_items: int, svd_rank: int, modality_dims: tuple[int, ...]) -> CNetConfig:
+def _cnet_config(
+    cfg: LD4MRecConfig, n_items: int, svd_rank: int, modality_dims: tuple[int, ...]
+) -> CNetConfig:
     return CNetConfig(
         n_items=n_items,
         collab_dim=2 * svd_rank,
@@ -158,7 +169,9 @@ class LD4MRec(Recommender):
         x_t = net.schedule.add_noise(x_in, steps, noise)
         keep = None
         if cfg.signal_source == "visible":
-            keep = (torch.rand(x_in.shape, generator=fit.generator, device=device) >= cfg.input_dropout).float()
+            keep = (
+                torch.rand(x_in.shape, generator=fit.generator, device=device) >= cfg.input_dropout
+            ).float()
             signals = net.signals_dense(x_in * keep)
         else:
             assert self._signals is not None
@@ -248,17 +261,18 @@ class LD4MRec(Recommender):
             item_factors=np.asarray(arrays["item_factors"], dtype=np.float32),
             singular_values=np.asarray(arrays["singular_values"], dtype=np.float32),
             modality_features=tuple(
-                np.asarray(arrays[f"modality_features.{k}"], dtype=np.float32) for k in range(len(modality_dims))
+                np.asarray(arrays[f"modality_features.{k}"], dtype=np.float32)
+                for k in range(len(modality_dims))
             ),
         )
         if basis.singular_values.size and float(basis.singular_values.min()) <= 0:
             raise ConfigError("singular_values must all be > 0")
         cnet_cfg = _cnet_config(cfg, n_items, svd_rank, modality_dims)
         net = LD4MRecNet(cnet_cfg, n_users, _schedule(cfg), cfg.inference_step, basis.projection())
-        state = {k[len("cnet.") :]: torch.from_numpy(np.asarray(v)) for k, v in arrays.items() if k.startswith("cnet.")}
+        state = {k[len("cnet.") :]: as_tensor(v) for k, v in arrays.items() if k.startswith("cnet.")}
         net.cnet.load_state_dict(state, strict=True)
         with torch.no_grad():
-            net.z_in.weight.copy_(torch.from_numpy(np.asarray(arrays["z_in"])))
+            net.z_in.weight.copy_(as_tensor(arrays["z_in"]))
         return cls(cfg, net.to(device).eval(), basis, None)
 
     # -- serving -------------------------------------------------------------------------------------------
@@ -283,11 +297,16 @@ def _checked_dims(cfg: LD4MRecConfig, dims: Mapping[str, Any]) -> tuple[int, tup
     svd_rank = dims.get("svd_rank")
     modality_dims = dims.get("modality_dims")
     if isinstance(svd_rank, bool) or not isinstance(svd_rank, int) or not 1 <= svd_rank <= cfg.svd_rank:
-        raise ConfigError(f"dims.svd_rank must be an integer in 1..{cfg.svd_rank} (svd_rank), got {svd_rank!r}")
+        raise ConfigError(
+            f"dims.svd_rank must be an integer in 1..{cfg.svd_rank} (svd_rank), got {svd_rank!r}"
+        )
     if (
         not isinstance(modality_dims, list | tuple)
         or len(modality_dims) > MAX_MODALITIES
-        or not all(isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_MODALITY_DIM for d in modality_dims)
+        or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_MODALITY_DIM
+            for d in modality_dims
+        )
     ):
         raise ConfigError(
             f"dims.modality_dims must be a list of at most {MAX_MODALITIES} integers in 1..{MAX_MODALITY_DIM}"

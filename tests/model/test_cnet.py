@@ -7,14 +7,16 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from model.cnet import CNet, CNetConfig, PGBlock
-from model.ld4mrec import DiffusionConfig, HistoryBatch, LD4MRec
-from model.signals import compute_signal_basis
+from model.base import UserBatch
+from model.ld4mrec.cnet import CNet, CNetConfig, PGBlock
+from model.ld4mrec.diffusion import DiffusionSchedule
+from model.ld4mrec.network import LD4MRecNet
+from model.ld4mrec.signals import compute_signal_basis
 
 
 def _model(
     n_items: int = 40, n_users: int = 12, inference_step: int = 0, **overrides
-) -> tuple[LD4MRec, sp.csr_matrix]:
+) -> tuple[LD4MRecNet, sp.csr_matrix]:
     rng = np.random.default_rng(0)
     train = sp.csr_matrix((rng.random((n_users, n_items)) < 0.2).astype(np.float32))
     feats = [
@@ -30,7 +32,8 @@ def _model(
         **overrides,
     )
     torch.manual_seed(0)
-    model = LD4MRec(cfg, n_users, DiffusionConfig(inference_step=inference_step), basis.projection())
+    schedule = DiffusionSchedule(5, 0.1, 1e-4, 0.02)
+    model = LD4MRecNet(cfg, n_users, schedule, inference_step, basis.projection())
     with torch.no_grad():
         model.z_in.weight.normal_()
         for block in model.cnet.pg_blocks:  # leave the identity initialisation so the PG path matters
@@ -46,11 +49,11 @@ def _model(
 def test_sparse_first_layer_equals_dense_path(overrides, inference_step: int) -> None:
     model, train = _model(inference_step=inference_step, **overrides)
     users = np.arange(train.shape[0])
-    batch = HistoryBatch.from_csr(train, users, model.fold_in(train), torch.device("cpu"))
+    batch = UserBatch.from_csr(train, users, model.fold_in(train), torch.device("cpu"))
     with torch.inference_mode():
         sparse = model.score(batch)
         z = model.inference_step_embedding(batch.user_index)
-        dense = model.cnet(torch.from_numpy(train.toarray()), z, batch.signals)
+        dense = model.cnet(torch.from_numpy(train.toarray()), z, batch.states)
     torch.testing.assert_close(sparse, dense, rtol=1e-5, atol=1e-5)
 
 
@@ -59,10 +62,10 @@ def test_bfloat16_copy_scores_in_bfloat16(inference_step: int) -> None:
     """A model cast to bfloat16 (weights, buffers, signals) scores without dtype errors, close to fp32."""
     model, train = _model(inference_step=inference_step)
     users = np.arange(train.shape[0])
-    batch = HistoryBatch.from_csr(train, users, model.fold_in(train), torch.device("cpu"))
+    batch = UserBatch.from_csr(train, users, model.fold_in(train), torch.device("cpu"))
     with torch.inference_mode():
         reference = model.score(batch)
-        batch.signals = batch.signals.to(torch.bfloat16)
+        batch.states = batch.states.to(torch.bfloat16)
         scores = model.to(torch.bfloat16).score(batch)
     assert scores.dtype == torch.bfloat16
     torch.testing.assert_close(scores.float(), reference, rtol=0.1, atol=0.1)
@@ -106,7 +109,7 @@ def test_cold_user_uses_mean_initial_step_embedding() -> None:
 def test_forward_noised_inference_runs_t_reverse_steps() -> None:
     model, train = _model()
     users = np.arange(4)
-    batch = HistoryBatch.from_csr(train[users], users, model.fold_in(train[users]), torch.device("cpu"))
+    batch = UserBatch.from_csr(train[users], users, model.fold_in(train[users]), torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
     with torch.inference_mode():
         denoised = model.score_forward_noised(batch, start_step=0)

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from model.diffusion import DiffusionSchedule, step_embedding
+from model.ld4mrec.diffusion import DiffusionSchedule, step_embedding
 
 
 def test_schedule_is_linear_in_one_minus_alpha_bar() -> None:

@@ -7,26 +7,27 @@ import numpy as np
 import pytest
 import torch
 
-from model.diffusion import DiffusionSchedule, step_embedding
-from model.ld4mrec import HistoryBatch, LD4MRec
+from model.base import UserBatch
+from model.ld4mrec.diffusion import DiffusionSchedule, step_embedding
+from model.ld4mrec.network import LD4MRecNet
 from tests.model.test_cnet import _model
 
 
-def _batch() -> tuple[LD4MRec, HistoryBatch]:
+def _batch() -> tuple[LD4MRecNet, UserBatch]:
     model, train = _model()
     users = np.arange(4)
-    batch = HistoryBatch.from_csr(train[users], users, model.fold_in(train[users]), torch.device("cpu"))
+    batch = UserBatch.from_csr(train[users], users, model.fold_in(train[users]), torch.device("cpu"))
     return model, batch
 
 
-def _schedule(steps: int, model: LD4MRec) -> DiffusionSchedule:
-    d = model.diffusion
+def _schedule(steps: int, model: LD4MRecNet) -> DiffusionSchedule:
+    d = model.schedule
     return DiffusionSchedule(steps, d.noise_scale, d.noise_min, d.noise_max)
 
 
 def test_training_schedule_gives_the_default_scores() -> None:
     model, batch = _batch()
-    steps = model.diffusion.steps
+    steps = model.schedule.steps
     with torch.inference_mode():
         default = model.score_forward_noised(batch, steps, torch.Generator().manual_seed(1))
         explicit = model.score_forward_noised(
@@ -37,7 +38,7 @@ def test_training_schedule_gives_the_default_scores() -> None:
 
 def test_longer_schedule_maps_steps_to_trained_ones(monkeypatch: pytest.MonkeyPatch) -> None:
     model, batch = _batch()
-    assert model.diffusion.steps == 5
+    assert model.schedule.steps == 5
     seen: list[torch.Tensor] = []
     forward_hidden = model.cnet.forward_hidden
 

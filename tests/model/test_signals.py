@@ -6,9 +6,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from model.cnet import CNetConfig
-from model.ld4mrec import DiffusionConfig, LD4MRec
-from model.signals import SignalBasis, compute_signal_basis, randomized_svd, signals_from_histories
+from model.ld4mrec.cnet import CNetConfig
+from model.ld4mrec.diffusion import DiffusionSchedule
+from model.ld4mrec.network import LD4MRecNet
+from model.ld4mrec.signals import SignalBasis, compute_signal_basis, randomized_svd, signals_from_histories
 
 
 def _random_binary(n_users: int, n_items: int, density: float, seed: int) -> sp.csr_matrix:
@@ -81,7 +82,7 @@ def test_dense_training_path_equals_sparse_fold_in(synthetic_data) -> None:
         modality_dims=basis.modality_dims,
         hidden_dim=8,
     )
-    model = LD4MRec(cfg, synthetic_data.n_users, DiffusionConfig(), projection)
+    model = LD4MRecNet(cfg, synthetic_data.n_users, DiffusionSchedule(5, 0.1, 1e-4, 0.02), 0, projection)
     rows = synthetic_data.train[:32]
     dense = model.signals_dense(torch.from_numpy(rows.toarray())).numpy()
     np.testing.assert_allclose(dense, model.fold_in(rows), rtol=1e-4, atol=1e-5)

@@ -27,8 +27,8 @@ import torch
 import uvicorn
 from fastapi.testclient import TestClient
 
-from model.artifact import Artifact, build_model
-from model.ld4mrec import HistoryBatch, LD4MRec
+from model.artifact import Artifact
+from model.base import Recommender, UserBatch
 from model.ranking import mask_items, top_k
 from service.app import create_app
 from service.settings import Settings
@@ -258,7 +258,7 @@ class Offline:
 
     def __init__(self, art: Artifact) -> None:
         self.art = art
-        self.model: LD4MRec = build_model(art, "cpu")
+        self.model: Recommender = art.model
         self.item_index = {iid: i for i, iid in enumerate(art.item_ids)}
 
     def user_index(self, user_id: str) -> int:
@@ -279,8 +279,8 @@ class Offline:
         csr = sp.csr_matrix(
             (np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(len(rows), self.art.n_items)
         )
-        signals = self.model.fold_in(csr)
-        batch = HistoryBatch.from_csr(csr, np.asarray(user_index), signals, torch.device("cpu"))
+        states = self.model.fold_in(csr)
+        batch = UserBatch.from_csr(csr, np.asarray(user_index), states, torch.device("cpu"))
         with torch.inference_mode():
             scores = self.model.score(batch)
             mask_rows = torch.from_numpy(np.repeat(np.arange(len(rows)), np.diff(indptr)))
@@ -295,7 +295,7 @@ class Offline:
         """Top-k of training users with their training histories and stored signals (as the evaluator)."""
         users = np.asarray([self.user_index(u) for u in user_ids])
         csr = self.art.train_histories[users]
-        batch = HistoryBatch.from_csr(csr, users, self.art.signals[users], torch.device("cpu"))
+        batch = UserBatch.from_csr(csr, users, self.art.user_states[users], torch.device("cpu"))
         with torch.inference_mode():
             scores = self.model.score(batch)
             if mask:

@@ -29,17 +29,15 @@ def test_id_maps(engine: Engine) -> None:
     assert engine.artifact_history_ids(2) == [art.item_ids[i] for i in art.train_histories[2].indices]
 
 
-def test_fold_in_of_an_unchanged_history_equals_the_stored_signals(engine: Engine) -> None:
+def test_fold_in_of_an_unchanged_history_equals_the_stored_state(engine: Engine) -> None:
     users = [0, 1, 17, 100]
     folded = engine.fold_in([engine.artifact_history(u) for u in users])
-    np.testing.assert_allclose(folded, engine.artifact.signals[users], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(folded, engine.artifact.user_states[users], rtol=1e-5, atol=1e-6)
 
 
 def test_batched_rows_equal_rows_scored_alone(engine: Engine) -> None:
     requests = [
-        ScoringRequest(
-            0, engine.artifact_history(0), engine.stored_signals(0), 5, engine.artifact_history(0)
-        ),
+        ScoringRequest(0, engine.artifact_history(0), engine.stored_state(0), 5, engine.artifact_history(0)),
         ScoringRequest(3, engine.artifact_history(3), None, 12, np.array([1, 2, 3])),
         ScoringRequest(-1, np.array([4, 9], dtype=np.int64), None, 3, EMPTY, np.array([10, 11, 12, 13])),
     ]
@@ -52,10 +50,10 @@ def test_batched_rows_equal_rows_scored_alone(engine: Engine) -> None:
         assert not set(result.items.tolist()) & set(request.exclude.tolist())
         assert np.all(np.diff(result.scores) <= 0)
     assert set(together[2].items.tolist()) <= {10, 11, 12, 13}
-    assert together[0].folded_signals is None  # stored signals were used
-    folded = together[1].folded_signals
+    assert together[0].folded_state is None  # stored signals were used
+    folded = together[1].folded_state
     assert folded is not None
-    np.testing.assert_allclose(folded, engine.stored_signals(3), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(folded, engine.stored_state(3), rtol=1e-5, atol=1e-6)
 
 
 def test_fewer_eligible_items_than_k_returns_all_eligible(engine: Engine) -> None:
@@ -72,22 +70,23 @@ def test_cold_start_with_an_empty_history_scores_the_catalogue(engine: Engine) -
 
 
 def test_cached_signals_of_another_width_are_ignored(engine: Engine) -> None:
-    signals = engine.stored_signals(0)
-    decoded = engine.decode_signals(signals.tobytes())
+    signals = engine.stored_state(0)
+    decoded = engine.decode_state(signals.tobytes())
     assert decoded is not None and np.array_equal(decoded, signals)
-    assert engine.decode_signals(signals[:-1].tobytes()) is None
-    assert engine.decode_signals(None) is None
+    assert engine.decode_state(signals[:-1].tobytes()) is None
+    assert engine.decode_state(None) is None
 
 
 def test_a_column_major_projection_is_made_row_major_with_the_same_fold_in(tiny_artifact: Path) -> None:
     """scipy copies a non-C-ordered dense operand on every CSR product (milliseconds per fold-in at a
-    real catalogue size), so the engine keeps the projection C-ordered; the signals do not change."""
+    real catalogue size), so the network keeps the projection C-ordered; the signals do not change."""
     base = Engine.load(tiny_artifact, torch.device("cpu"))
     histories = [base.artifact_history(u) for u in (0, 1, 17)]
     expected = base.fold_in(histories)
-    model = base.model
-    model.projection = replace(model.projection, matrix=np.asfortranarray(model.projection.matrix))
-    assert not model.projection.matrix.flags.c_contiguous
-    engine = Engine(base.artifact, model, torch.device("cpu"))
-    assert engine.model.projection.matrix.flags.c_contiguous
-    np.testing.assert_array_equal(engine.fold_in(histories), expected)
+    net = base.model.net  # type: ignore[attr-defined]
+    fortran = replace(net.projection, matrix=np.asfortranarray(net.projection.matrix))
+    assert not fortran.matrix.flags.c_contiguous
+    rebuilt = type(net)(net.cnet.cfg, net.n_users, net.schedule, net.inference_step, fortran)
+    assert rebuilt.projection.matrix.flags.c_contiguous
+    base.model.net = rebuilt  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(base.fold_in(histories), expected)

@@ -23,7 +23,7 @@ memory_store = pytest.mark.parametrize("store_kind", ["memory"], indirect=True)
 
 
 def served_model_layers(client: TestClient) -> list[str]:
-    return quantised_layers(cast(FastAPI, client.app).state.recommender.engine.model)
+    return quantised_layers(cast(FastAPI, client.app).state.recommender.engine.model.net)
 
 
 @memory_store

@@ -76,9 +76,9 @@ def test_a_good_reload_swaps_the_model(client: TestClient, offline: Offline, art
 @pytest.mark.parametrize(
     ("damage", "named"),
     [
-        ({"flip_byte_of": "weights.safetensors"}, "weights.safetensors"),
-        ({"flip_byte_of": "signals.npy"}, "signals.npy"),
-        ({"remove": "item_factors.npy"}, "item_factors.npy"),
+        ({"flip_byte_of": "model.cnet.out.weight.npy"}, "model.cnet.out.weight.npy"),
+        ({"flip_byte_of": "user_states.npy"}, "user_states.npy"),
+        ({"remove": "model.item_factors.npy"}, "model.item_factors.npy"),
     ],
 )
 def test_a_refused_artifact_keeps_the_old_model_serving(
@@ -158,13 +158,13 @@ def test_one_reload_at_a_time(client: TestClient, artifacts: Path, monkeypatch: 
 
 
 def test_a_reload_repairs_a_failed_start(make_settings: Callable[..., Settings], artifacts: Path) -> None:
-    broken = copy_artifact(artifacts / "v2", artifacts / "broken", flip_byte_of="z_in.npy")
+    broken = copy_artifact(artifacts / "v2", artifacts / "broken", flip_byte_of="model.z_in.npy")
     with TestClient(create_app(make_settings(artifact=broken))) as client:
         for _ in range(500):
             if client.get("/readyz").json()["status"] == "failed":
                 break
             time.sleep(0.02)
-        assert "z_in.npy" in client.get("/readyz").json()["detail"]
+        assert "model.z_in.npy" in client.get("/readyz").json()["detail"]
         fixed = client.post("/admin/reload", json={"artifact": str(artifacts / "v2")})
         assert fixed.status_code == 200 and fixed.json()["previous_model_version"] is None
         assert client.get("/readyz").json()["status"] == "ready"

@@ -99,7 +99,10 @@ def test_serve_refuses_a_missing_artifact(tmp_path: Path, capsys: Any) -> None:
 
 @pytest.mark.parametrize(
     ("damage", "named"),
-    [({"flip_byte_of": "weights.safetensors"}, "weights.safetensors"), ({"remove": "z_in.npy"}, "z_in.npy")],
+    [
+        ({"flip_byte_of": "model.cnet.out.weight.npy"}, "model.cnet.out.weight.npy"),
+        ({"remove": "model.z_in.npy"}, "model.z_in.npy"),
+    ],
 )
 def test_serve_refuses_to_start_on_a_corrupt_artifact(
     tiny_artifact: Path, tmp_path: Path, damage: dict[str, str], named: str

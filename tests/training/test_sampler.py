@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.sampler import ImportanceStepSampler
+from model.ld4mrec.sampler import ImportanceStepSampler
 
 
 def test_uniform_until_every_step_has_ten_losses() -> None:

@@ -63,16 +63,16 @@ def test_a_corrupt_artifact_is_refused_naming_the_file(
 ) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(tiny_artifact, broken)
-    (broken / "signals.npy").write_bytes(b"not an array")
+    (broken / "user_states.npy").write_bytes(b"not an array")
     with TestClient(create_app(make_settings(artifact=broken))) as client:
         for _ in range(500):
             readiness = client.get("/readyz").json()
             if readiness["status"] != "loading":
                 break
             threading.Event().wait(0.02)
-        assert readiness["status"] == "failed" and "signals.npy" in readiness["detail"]
+        assert readiness["status"] == "failed" and "user_states.npy" in readiness["detail"]
         refused = client.get("/recommend/0")
-        assert refused.status_code == 503 and "signals.npy" in refused.json()["detail"]
+        assert refused.status_code == 503 and "user_states.npy" in refused.json()["detail"]
         assert client.get("/healthz").status_code == 200
 
 
