@@ -96,11 +96,12 @@ from _serve_stack import (
     ManagedProcess,
     ServiceConfig,
     cpu_seconds,
+    is_current_artifact,
     scrape_histograms,
     start_redis,
     start_service,
 )
-from model.artifact import FORMAT_VERSION, Artifact, read_artifact
+from model.artifact import Artifact, read_artifact
 from model.precision import PRECISIONS
 from model.registry import DEFAULT_MODEL
 from model_forward import (
@@ -178,15 +179,6 @@ def build_untrained(data_dir: Path, out: Path, seed: int) -> Path:
     cls = get_model(DEFAULT_MODEL)
     model = cls.create(cls.config_class(), training_data(data), FitContext(seed=seed))
     return export_artifact(TrainResult(model=model, best_epoch=0, metrics={}), data, run, out)
-
-
-def is_current_artifact(path: Path) -> bool:
-    """Whether ``path`` holds an artifact manifest of the format this code reads (a cache may be older)."""
-    try:
-        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("format_version") == FORMAT_VERSION
 
 
 def resolve_artifact(args: argparse.Namespace, log: Log) -> ArtifactChoice:
