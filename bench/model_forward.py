@@ -89,6 +89,7 @@ class Workload:
         states: (n_users, S) float32 stored user states of those histories (``model.fold_in``).
         users: internal ids of users with a non-empty history (the request pool).
         source: where the histories come from; weights: "random-init" or "trained (...)".
+        user_ids: external user ids (position = internal id); empty for synthetic histories.
     """
 
     model: Recommender
@@ -159,10 +160,11 @@ def build_workload(artifact: Path | None, data_dir: Path, seed: int, device: tor
     if (data_dir / f"{data_dir.name}.inter").is_file():
         data = load_dataset(data_dir)
         train, modality_names, features = data.train, data.modality_names, data.modality_features
+        user_ids = data.user_ids
         source = f"{data_dir} train split (x_label 0)"
     else:
         train = synthetic_histories(SPORTS_USERS, SPORTS_ITEMS, np.random.default_rng(seed))
-        modality_names, features = (), ()
+        modality_names, features, user_ids = (), (), ()
         source = f"synthetic histories at the sports shape ({data_dir} not found)"
     fit_data = TrainingData(train, modality_names, features)
     shape = {"hidden_dim": HIDDEN_DIM, "svd_rank": SVD_RANK}
@@ -174,6 +176,7 @@ def build_workload(artifact: Path | None, data_dir: Path, seed: int, device: tor
         users=np.nonzero(np.diff(train.indptr) > 0)[0],
         source=source,
         weights="random-init",
+        user_ids=user_ids,
     )
 
 
@@ -191,7 +194,6 @@ class Variant:
     precision: str
     score: Callable[[UserBatch], torch.Tensor]
     states: np.ndarray
-    n_items: int
     input_dtype: torch.dtype = torch.float32
     module: nn.Module | None = None
 
@@ -207,22 +209,25 @@ NO_FIRST_LAYER_NOTE = (
 )
 
 
+def service_variant_name(model: Recommender, precision: str) -> str:
+    """``sparse_<precision>`` for LD4MRec (its sparse first layer), ``score_<precision>`` for others."""
+    return f"sparse_{precision}" if ld4mrec_net(model) is not None else f"score_{precision}"
+
+
 def service_variant(
     model: Recommender, states: np.ndarray, precision: str, name: str | None = None
 ) -> Variant:
-    """The service's path (``model.with_precision(precision).score``, as ``LD4MREC_PRECISION`` serves it):
-    ``sparse_<precision>`` for LD4MRec (its sparse first layer), ``score_<precision>`` for another model.
-    Raises ``PrecisionError`` where the model (or its device) does not serve ``precision``."""
+    """The service's path (``model.with_precision(precision).score``, as ``LD4MREC_PRECISION`` serves it),
+    named ``name`` or :func:`service_variant_name`. Raises ``PrecisionError`` where the model (or its
+    device) does not serve ``precision``."""
     served = model.with_precision(precision)
     net = ld4mrec_net(served)
-    default = f"sparse_{precision}" if net is not None else f"score_{precision}"
     return Variant(
-        name or default,
+        name or service_variant_name(model, precision),
         "sparse" if net is not None else "model",
         precision,
         served.score,
         states,
-        model.n_items,
         module=net,
     )
 
@@ -242,10 +247,8 @@ def make_variants(work: Workload) -> tuple[list[Variant], dict[str, str]]:
 
         bf16 = copy.deepcopy(net).to(torch.bfloat16)
         variants += [
-            Variant("dense_fp32", "dense", "fp32", dense, work.states, model.n_items, module=net),
-            Variant(
-                "sparse_bf16", "sparse", "bf16", bf16.score, work.states, model.n_items, torch.bfloat16, bf16
-            ),
+            Variant("dense_fp32", "dense", "fp32", dense, work.states, module=net),
+            Variant("sparse_bf16", "sparse", "bf16", bf16.score, work.states, torch.bfloat16, bf16),
         ]
     else:
         skipped["sparse_vs_dense_and_bf16"] = NO_FIRST_LAYER_NOTE.format(name=model.name)
@@ -255,8 +258,7 @@ def make_variants(work: Workload) -> tuple[list[Variant], dict[str, str]]:
         try:
             variants.append(service_variant(model, work.states, precision))
         except PrecisionError as exc:
-            prefix = "sparse" if net is not None else "score"
-            skipped[f"{prefix}_{precision}"] = str(exc)
+            skipped[service_variant_name(model, precision)] = str(exc)
     return variants, skipped
 
 
@@ -270,12 +272,9 @@ def comparison_variants(
     names = set(taken)
     for path in artifacts:
         other = artifact_workload(path, device)
-        same_users = (
-            other.user_ids == main.user_ids if main.user_ids else len(other.user_ids) == len(main.states)
-        )
-        if not same_users or other.histories.shape != main.histories.shape:
-            same_users = False
-        if not same_users or (other.histories != main.histories).nnz:
+        same = other.histories.shape == main.histories.shape
+        same = same and (not main.user_ids or other.user_ids == main.user_ids)
+        if not same or (other.histories != main.histories).nnz:
             raise SystemExit(
                 f"--compare-artifact {path}: not trained on the same users and training histories as the "
                 "measured model (compare artifacts of one dataset)"
@@ -291,8 +290,8 @@ def comparison_variants(
                 "model": other.model.name,
                 "artifact": display_path(path),
                 "weights": other.weights,
+                "model_config": other.model.config.to_dict(),
             }
-            | {"model_config": other.model.config.to_dict()}
         )
     return variants, described
 
