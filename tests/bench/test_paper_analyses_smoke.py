@@ -118,7 +118,9 @@ def test_every_subcommand_writes_json_and_headline(synthetic_dir: Path, tmp_path
     assert all(len(r["seconds"]) == 2 for r in out["epoch-time"][1]["results"])
 
 
-def test_inference_from_artifact(synthetic_dir: Path, tiny_artifact: Path, tmp_path: Path) -> None:
+def test_inference_from_artifact(
+    synthetic_dir: Path, tiny_artifact: Path, tiny_ease_artifact: Path, tmp_path: Path
+) -> None:
     extra = ["--artifact", str(tiny_artifact), "--set", "threads=1", *TIMING]
     headline = _run("inference", synthetic_dir, tmp_path, extra, trains=False)
     payload = json.loads(Path(headline["json"]).read_text(encoding="utf-8"))
@@ -127,6 +129,8 @@ def test_inference_from_artifact(synthetic_dir: Path, tiny_artifact: Path, tmp_p
     assert payload["single_step_matches_trainer_test"] is True
     refused = _invoke("inference", synthetic_dir, tmp_path, [*extra, "--set", "use_cg=false"])
     assert refused.returncode != 0 and "only --set" in refused.stderr
+    other = _invoke("inference", synthetic_dir, tmp_path, ["--artifact", str(tiny_ease_artifact), *TIMING])
+    assert other.returncode != 0 and "need an ld4mrec model, not ease" in other.stderr
 
 
 def test_fake_interactions_are_new_distinct_and_nested(synthetic_data: InteractionData) -> None:
