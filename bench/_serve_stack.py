@@ -1,5 +1,6 @@
 """The processes bench/serve_load.py measures: a throw-away redis-server and the service (``python -m
-service``) on loopback, plus what is read from them between steps (CPU time, Prometheus counters).
+service``) on loopback, plus what is read from them between steps (CPU time, Prometheus counters), and
+whether a cached artifact is one the service can load (:func:`is_current_artifact`).
 
 Both are started as subprocesses on free ports and must be stopped with :meth:`ManagedProcess.stop`
 (SIGTERM, then SIGKILL after a grace period), which the caller does in a ``finally`` block.
@@ -7,6 +8,7 @@ Both are started as subprocesses on free ports and must be stopped with :meth:`M
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from model.artifact import FORMAT_VERSION
 from model.precision import PRECISIONS
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "ServiceConfig",
     "cpu_seconds",
     "free_port",
+    "is_current_artifact",
     "scrape_histograms",
     "start_redis",
     "start_service",
@@ -39,6 +43,17 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def is_current_artifact(path: Path) -> bool:
+    """Whether ``path`` holds an artifact manifest of the format this code reads (a cached or demo artifact
+    may be older; the service would refuse it). Only the manifest's format is checked: the service verifies
+    the rest when it loads."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format_version") == FORMAT_VERSION
 
 
 def cpu_seconds(pid: int) -> float:

@@ -1,30 +1,43 @@
-"""The model's limit on this machine: batched scoring + history masking + top-20, no service around it.
+"""A model's limit on this machine: batched scoring + history masking + top-20, no service around it.
 
 One *request* of B users is what the service does per micro-batch, under ``torch.inference_mode()``:
 
-1. ``HistoryBatch.from_csr`` of the B users' histories, internal ids and stored signals (host -> device),
-2. scores (B, n_items): the sparse first layer (``model.score``, an embedding bag) or the dense one
-   (a (B, n_items) multi-hot through ``model.cnet.forward``),
+1. ``UserBatch.from_csr`` of the B users' histories, internal ids and stored states (host -> device),
+2. scores (B, n_items): ``model.score`` (the service's path; for LD4MRec the sparse first layer, an
+   embedding bag) or, for LD4MRec only, the dense first layer (a (B, n_items) multi-hot through
+   ``model.net.cnet.forward``),
 3. ``mask_items`` on each user's history items, ``top_k(scores, 20)``, and the ids back on the host.
 
-Configurations, measured side by side in one run (interleaved in rounds so background load hits all alike):
-sparse fp32 (the service path), dense fp32, sparse bf16 (a bfloat16 copy of the model, inputs too) and
-sparse int8 (``model.precision.quantise_int8``, what the service runs with ``LD4MREC_PRECISION=int8``:
-``quantize_dynamic`` of every ``nn.Linear``; the first layer ``item_in`` is a Parameter read by the
-embedding bag and stays fp32), for batch sizes 1, 8, 32, 128, 256. Reported per configuration: median,
-p95 and p99 latency per batch and throughput = B / median latency (users/s). Reduced precision is compared
-with fp32 by the mean top-20 overlap |A and B| / 20 over a fixed set of users; sparse and dense scores are
-compared on the same batch (max abs diff).
+Any registered model can be measured (``--artifact DIR`` of any model; the model class comes from the
+artifact through ``model.registry``). Configurations, measured side by side in one run (interleaved in
+rounds so background load hits all alike), for batch sizes 1, 8, 32, 128, 256:
 
-The model is, by default, LD4MRec at the ``sports`` shape (18,357 items, hidden 1000, d_svd 100, no
-modalities) with random-init weights, and requests are real sports train histories (x_label 0) when
+- LD4MRec: sparse fp32 (the service path), dense fp32, sparse bf16 (a bfloat16 copy of the network,
+  inputs too) and sparse int8 (``model.with_precision("int8")``, what the service runs with
+  ``LD4MREC_PRECISION=int8``: ``quantize_dynamic`` of every ``nn.Linear``; the first layer ``item_in`` is a
+  Parameter read by the embedding bag and stays fp32).
+- any other model: ``score_fp32`` (``model.score``, the service path) and ``score_<p>`` for every other
+  precision the model serves (``Recommender.precisions``); the sparse/dense first-layer comparison and
+  bf16 are LD4MRec's and are skipped, with a note in the output.
+- ``--compare-artifact DIR`` (repeatable): the fp32 service path of other artifacts trained on the same
+  data (same users, same training histories), e.g. EASE next to LD4MRec, as ``<model>_fp32``, timed on the
+  same requests, interleaved with the rest: serving-cost ratios between models from one run.
+
+Reported per configuration: median, p95 and p99 latency per batch and throughput = B / median latency
+(users/s). Other precisions are compared with the model's fp32 by the mean top-20 overlap |A and B| / 20
+over a fixed set of users; LD4MRec's sparse and dense scores are compared on the same batch (max abs diff).
+
+Without ``--artifact`` the model is LD4MRec at the ``sports`` shape (18,357 items, hidden 1000, d_svd 100,
+no modalities) with random-init weights, and requests are real sports train histories (x_label 0) when
 ``/work/shared/datasets/sports`` is there, else synthetic histories of the same size and length
-distribution. ``--artifact DIR`` uses a trained artifact instead (weights, stored signals, histories).
+distribution. ``--artifact DIR`` uses a trained artifact instead (weights, stored states, histories).
 
     python bench/model_forward.py            # full run -> bench/results/model_forward.json
     python bench/model_forward.py --quick    # < 3 min -> bench/results/model_forward_quick.json
+    python bench/model_forward.py --artifact LD4MREC_DIR --compare-artifact EASE_DIR  # models side by side
 
-The last line of stdout is one JSON object with the headline figures (``users_per_s_batch1``, ...).
+The last line of stdout is one JSON object with the headline figures (``model``, ``users_per_s_batch1``,
+...: the service path at fp32).
 """
 
 from __future__ import annotations
@@ -44,16 +57,20 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 import torch
+from torch import nn
 
 from _machine import display_path, loadavg, machine_info, write_json
-from model.artifact import build_model, read_artifact
-from model.ld4mrec import HistoryBatch, LD4MRec
-from model.precision import quantised_layers, to_precision
+from model.artifact import read_artifact
+from model.base import FitContext, PrecisionError, Recommender, TrainingData, UserBatch
+from model.ld4mrec.network import LD4MRecNet
+from model.precision import quantised_layers
 from model.ranking import mask_items, top_k
+from model.registry import get_model
 
 SPORTS_DIR = Path("/work/shared/datasets/sports")
 SPORTS_USERS = 35_598
 SPORTS_ITEMS = 18_357
+RANDOM_INIT_MODEL = "ld4mrec"
 HIDDEN_DIM = 1000
 SVD_RANK = 100
 TOP_K = 20
@@ -67,18 +84,27 @@ class Workload:
     """The fp32 model and the requests' data.
 
     Attributes:
+        model: any registered model, in eval mode (fp32).
         histories: (n_users, n_items) binary CSR, the request histories (train split).
-        signals: (n_users, width) float32 stored signals of those histories.
+        states: (n_users, S) float32 stored user states of those histories (``model.fold_in``).
         users: internal ids of users with a non-empty history (the request pool).
         source: where the histories come from; weights: "random-init" or "trained (...)".
+        user_ids: external user ids (position = internal id); empty for synthetic histories.
     """
 
-    model: LD4MRec
+    model: Recommender
     histories: sp.csr_matrix
-    signals: np.ndarray
+    states: np.ndarray
     users: np.ndarray
     source: str
     weights: str
+    user_ids: tuple[str, ...] = ()
+
+
+def ld4mrec_net(model: Recommender) -> LD4MRecNet | None:
+    """LD4MRec's network (``model.net``) when ``model`` is an LD4MRec, else None."""
+    net = getattr(model, "net", None)
+    return net if isinstance(net, LD4MRecNet) else None
 
 
 def synthetic_histories(n_users: int, n_items: int, rng: np.random.Generator) -> sp.csr_matrix:
@@ -96,63 +122,80 @@ def synthetic_histories(n_users: int, n_items: int, rng: np.random.Generator) ->
     return matrix
 
 
-def build_workload(artifact: Path | None, data_dir: Path, seed: int) -> Workload:
-    """A trained artifact if given; else a random-init LD4MRec at the sports shape (see module docstring)."""
+def random_init_model(
+    name: str, overrides: dict[str, Any], data: TrainingData, seed: int, device: torch.device
+) -> Recommender:
+    """A freshly created (untrained) model as an artifact would load it: ``create`` (which fixes what
+    training fixes first, e.g. LD4MRec's signal basis), then ``from_arrays`` of its arrays on ``device``
+    (eval mode)."""
+    cls = get_model(name)
+    config = cls.config_class.from_dict(overrides)
+    created = cls.create(config, data, FitContext(seed=seed))
+    return cls.from_arrays(config, data.n_users, data.n_items, created.dims(), created.arrays(), device)
+
+
+def artifact_workload(artifact: Path, device: torch.device) -> Workload:
+    """The model (on ``device``), stored states and training histories of an artifact of any model."""
+    art = read_artifact(artifact, device)
+    histories = art.train_histories
+    return Workload(
+        model=art.model,
+        histories=histories,
+        states=art.user_states,
+        users=np.nonzero(np.diff(histories.indptr) > 0)[0],
+        source=f"artifact {art.path} (dataset {art.dataset}, train histories)",
+        weights=f"trained (artifact {art.model_version})",
+        user_ids=art.user_ids,
+    )
+
+
+def build_workload(artifact: Path | None, data_dir: Path, seed: int, device: torch.device) -> Workload:
+    """A trained artifact if given; else a random-init LD4MRec at the sports shape (see module docstring),
+    its model on ``device``."""
     if artifact is not None:
-        art = read_artifact(artifact)
-        histories = art.train_histories
-        return Workload(
-            model=build_model(art, "cpu"),
-            histories=histories,
-            signals=art.signals,
-            users=np.nonzero(np.diff(histories.indptr) > 0)[0],
-            source=f"artifact {art.path} (dataset {art.dataset}, train histories)",
-            weights=f"trained (artifact {art.model_version})",
-        )
-    # Training code is imported only here, to build the signal basis the way the trainer does.
-    from training.config import TrainConfig
-    from training.dataset import InteractionData, load_dataset
-    from training.trainer import prepare_model
+        return artifact_workload(artifact, device)
+    # Training code is imported only here, to read the dataset the way the trainer does.
+    from training.dataset import load_dataset
 
     if (data_dir / f"{data_dir.name}.inter").is_file():
         data = load_dataset(data_dir)
+        train, modality_names, features = data.train, data.modality_names, data.modality_features
+        user_ids = data.user_ids
         source = f"{data_dir} train split (x_label 0)"
     else:
         train = synthetic_histories(SPORTS_USERS, SPORTS_ITEMS, np.random.default_rng(seed))
-        empty = sp.csr_matrix(train.shape, dtype=np.float32)
-        data = InteractionData(
-            name="synthetic-sports-shape",
-            train=train,
-            valid=empty,
-            test=empty,
-            modality_names=(),
-            modality_features=(),
-            user_ids=tuple(str(u) for u in range(train.shape[0])),
-            item_ids=tuple(str(i) for i in range(train.shape[1])),
-        )
+        modality_names, features, user_ids = (), (), ()
         source = f"synthetic histories at the sports shape ({data_dir} not found)"
-    torch.manual_seed(seed)
-    model, _, signals = prepare_model(data, TrainConfig(hidden_dim=HIDDEN_DIM, svd_rank=SVD_RANK, seed=seed))
+    fit_data = TrainingData(train, modality_names, features)
+    shape = {"hidden_dim": HIDDEN_DIM, "svd_rank": SVD_RANK}
+    model = random_init_model(RANDOM_INIT_MODEL, shape, fit_data, seed, device)
     return Workload(
-        model=model.eval(),
-        histories=data.train,
-        signals=signals,
-        users=np.nonzero(np.diff(data.train.indptr) > 0)[0],
+        model=model,
+        histories=train,
+        states=model.fold_in(train),
+        users=np.nonzero(np.diff(train.indptr) > 0)[0],
         source=source,
         weights="random-init",
+        user_ids=user_ids,
     )
 
 
 # -- variants and one request --------------------------------------------------------------------------------
 @dataclass
 class Variant:
-    """One model configuration: first layer "sparse" or "dense", and the weights' precision."""
+    """One configuration to time: a name, its first layer ("sparse": LD4MRec's embedding bag; "dense":
+    LD4MRec's multi-hot; "model": another model's own ``score``), precision, the scoring function of a
+    :class:`UserBatch`, the dtype its states take and the states (n_users, S) of its model.
+
+    ``module`` is the network that runs (for the list of quantised layers), None for non-network models."""
 
     name: str
     first_layer: str
     precision: str
-    model: LD4MRec
-    input_dtype: torch.dtype
+    score: Callable[[UserBatch], torch.Tensor]
+    states: np.ndarray
+    input_dtype: torch.dtype = torch.float32
+    module: nn.Module | None = None
 
 
 INT8_NOTE = (
@@ -160,60 +203,117 @@ INT8_NOTE = (
     "the PG blocks' MLPs if any, and FC_out, 1000 x n_items); the first layer item_in (n_items x 1000 "
     "Parameter read by embedding_bag), biases, z_in and the signal standardisation stay fp32"
 )
+NO_FIRST_LAYER_NOTE = (
+    "the sparse vs dense first-layer comparison and bf16 are LD4MRec's (its C-Net); model {name} is "
+    "measured on its own score (the service path) at the precisions it serves"
+)
 
 
-def sparse_variant(model: LD4MRec, precision: str) -> Variant:
-    """The service's path (sparse first layer) in a serving precision, as ``LD4MREC_PRECISION`` serves it:
-    ``sparse_fp32`` is ``model`` itself, ``sparse_int8`` a ``to_precision`` (``quantise_int8``) copy of it
-    (CPU only: raises ``PrecisionError`` for a model on a GPU)."""
-    return Variant(f"sparse_{precision}", "sparse", precision, to_precision(model, precision), torch.float32)
+def service_variant_name(model: Recommender, precision: str) -> str:
+    """``sparse_<precision>`` for LD4MRec (its sparse first layer), ``score_<precision>`` for others."""
+    return f"sparse_{precision}" if ld4mrec_net(model) is not None else f"score_{precision}"
 
 
-def make_variants(model: LD4MRec, device: torch.device) -> tuple[list[Variant], dict[str, str]]:
-    """The configurations to measure, and a note per skipped one."""
-    fp32 = model.to(device).eval()
-    variants = [
-        sparse_variant(fp32, "fp32"),
-        Variant("dense_fp32", "dense", "fp32", fp32, torch.float32),
-        Variant("sparse_bf16", "sparse", "bf16", copy.deepcopy(fp32).to(torch.bfloat16), torch.bfloat16),
-    ]
+def service_variant(
+    model: Recommender, states: np.ndarray, precision: str, name: str | None = None
+) -> Variant:
+    """The service's path (``model.with_precision(precision).score``, as ``LD4MREC_PRECISION`` serves it),
+    named ``name`` or :func:`service_variant_name`. Raises ``PrecisionError`` where the model (or its
+    device) does not serve ``precision``."""
+    served = model.with_precision(precision)
+    net = ld4mrec_net(served)
+    return Variant(
+        name or service_variant_name(model, precision),
+        "sparse" if net is not None else "model",
+        precision,
+        served.score,
+        states,
+        module=net,
+    )
+
+
+def make_variants(work: Workload) -> tuple[list[Variant], dict[str, str]]:
+    """The configurations to measure (the service path at fp32 first), and a note per skipped one."""
+    model = work.model
+    fp32 = service_variant(model, work.states, "fp32")
+    variants = [fp32]
     skipped: dict[str, str] = {}
-    if device.type == "cpu":
-        variants.append(sparse_variant(fp32, "int8"))
+    net = ld4mrec_net(model)
+    if net is not None:
+
+        def dense(batch: UserBatch) -> torch.Tensor:
+            x = batch.dense(net.n_items)
+            return net.cnet(x, net.inference_step_embedding(batch.user_index), batch.states)
+
+        bf16 = copy.deepcopy(net).to(torch.bfloat16)
+        variants += [
+            Variant("dense_fp32", "dense", "fp32", dense, work.states, module=net),
+            Variant("sparse_bf16", "sparse", "bf16", bf16.score, work.states, torch.bfloat16, bf16),
+        ]
     else:
-        skipped["sparse_int8"] = "dynamic int8 quantisation runs on CPU only"
+        skipped["sparse_vs_dense_and_bf16"] = NO_FIRST_LAYER_NOTE.format(name=model.name)
+    for precision in model.precisions:
+        if precision == "fp32":
+            continue
+        try:
+            variants.append(service_variant(model, work.states, precision))
+        except PrecisionError as exc:
+            skipped[service_variant_name(model, precision)] = str(exc)
     return variants, skipped
 
 
+def comparison_variants(
+    main: Workload, artifacts: Sequence[Path], device: torch.device, taken: Sequence[str]
+) -> tuple[list[Variant], list[dict[str, Any]]]:
+    """The fp32 service path of each artifact (``<model>_fp32``, ``<model>_fp32_2`` if taken), and what
+    they are. SystemExit for an artifact not trained on the same users and training histories as ``main``."""
+    variants: list[Variant] = []
+    described: list[dict[str, Any]] = []
+    names = set(taken)
+    for path in artifacts:
+        other = artifact_workload(path, device)
+        same = other.histories.shape == main.histories.shape
+        same = same and (not main.user_ids or other.user_ids == main.user_ids)
+        if not same or (other.histories != main.histories).nnz:
+            raise SystemExit(
+                f"--compare-artifact {path}: not trained on the same users and training histories as the "
+                "measured model (compare artifacts of one dataset)"
+            )
+        name, k = f"{other.model.name}_fp32", 2
+        while name in names:
+            name, k = f"{other.model.name}_fp32_{k}", k + 1
+        names.add(name)
+        variants.append(service_variant(other.model, other.states, "fp32", name))
+        described.append(
+            {
+                "variant": name,
+                "model": other.model.name,
+                "artifact": display_path(path),
+                "weights": other.weights,
+                "model_config": other.model.config.to_dict(),
+            }
+        )
+    return variants, described
+
+
 def make_batch(
-    histories: sp.csr_matrix, users: np.ndarray, signals: np.ndarray, device: torch.device, dtype: torch.dtype
-) -> HistoryBatch:
-    """HistoryBatch on ``device``, signals in ``dtype``. histories (B, n) CSR, users (B,), signals (B, w)."""
-    batch = HistoryBatch.from_csr(histories, users, signals, device)
+    histories: sp.csr_matrix, users: np.ndarray, states: np.ndarray, device: torch.device, dtype: torch.dtype
+) -> UserBatch:
+    """UserBatch on ``device``, states in ``dtype``. histories (B, n) CSR, users (B,), states (B, S)."""
+    batch = UserBatch.from_csr(histories, users, states, device)
     if dtype != torch.float32:
-        batch.signals = batch.signals.to(dtype)
+        batch.states = batch.states.to(dtype)
     return batch
 
 
-def scores_of(variant: Variant, batch: HistoryBatch) -> torch.Tensor:
-    """(B, n_items) scores of the variant's first layer."""
-    model = variant.model
-    if variant.first_layer == "sparse":
-        return model.score(batch)
-    x = batch.dense(model.n_items).to(variant.input_dtype)
-    return model.cnet(x, model.inference_step_embedding(batch.user_index), batch.signals)
-
-
-def history_rows(batch: HistoryBatch) -> torch.Tensor:
+def history_rows(batch: UserBatch) -> torch.Tensor:
     """(total,) row of every entry of ``batch.item_ids``."""
-    total = torch.tensor([batch.item_ids.shape[0]], device=batch.offsets.device)
-    lengths = torch.diff(batch.offsets, append=total)
-    return torch.repeat_interleave(torch.arange(batch.size, device=batch.offsets.device), lengths)
+    return torch.repeat_interleave(torch.arange(batch.size, device=batch.offsets.device), batch.lengths())
 
 
-def recommend(variant: Variant, batch: HistoryBatch, k: int = TOP_K) -> np.ndarray:
+def recommend(variant: Variant, batch: UserBatch, k: int = TOP_K) -> np.ndarray:
     """One request: scores -> mask history items -> top-k -> (B, k) item ids on the host."""
-    scores = scores_of(variant, batch)
+    scores = variant.score(batch)
     mask_items(scores, history_rows(batch), batch.item_ids)
     _, ids = top_k(scores, k)
     return ids.cpu().numpy()
@@ -257,32 +357,35 @@ def synchronise(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def request_pool(
-    work: Workload, batch: int, n_batches: int, rng: np.random.Generator
-) -> list[tuple[sp.csr_matrix, np.ndarray, np.ndarray]]:
-    """``n_batches`` host-side requests of ``batch`` random users: (histories CSR, user ids, signals)."""
+Request = tuple[sp.csr_matrix, np.ndarray]
+"""Host-side request: (B, n) CSR histories and (B,) internal user ids (each variant adds its states)."""
+
+
+def request_pool(work: Workload, batch: int, n_batches: int, rng: np.random.Generator) -> list[Request]:
+    """``n_batches`` host-side requests of ``batch`` random users with a history."""
     pool = []
     for _ in range(n_batches):
         users = rng.choice(work.users, size=batch, replace=False)
-        pool.append((work.histories[users], users, work.signals[users]))
+        pool.append((work.histories[users], users))
     return pool
 
 
 def measure_batch_size(
     variants: Sequence[Variant],
-    pool: Sequence[tuple[sp.csr_matrix, np.ndarray, np.ndarray]],
+    pool: Sequence[Request],
     batch: int,
     plan: TimingPlan,
     device: torch.device,
 ) -> list[Measurement]:
-    """Time every variant on the same requests, interleaved: ``plan.rounds`` rounds of budget/rounds each."""
+    """Time every variant on the same requests, interleaved: ``plan.rounds`` rounds of budget/rounds each.
+    A request's time includes building its UserBatch (the variant's stored states of the users)."""
     results = [Measurement(v.name, batch) for v in variants]
 
     def run_once(variant: Variant, i: int) -> float:
-        histories, users, signals = pool[i % len(pool)]
+        histories, users = pool[i % len(pool)]
         synchronise(device)
         t0 = time.perf_counter()
-        recommend(variant, make_batch(histories, users, signals, device, variant.input_dtype))
+        recommend(variant, make_batch(histories, users, variant.states[users], device, variant.input_dtype))
         synchronise(device)
         return time.perf_counter() - t0
 
@@ -316,23 +419,21 @@ def compare_precisions(
     device: torch.device,
     batch: int = 256,
 ) -> dict[str, dict[str, float]]:
-    """Per variant vs sparse fp32 over ``eval_users``: mean top-20 overlap, share of identical top-20 sets,
-    max abs score difference (unmasked scores)."""
-    reference = next(v for v in variants if v.name == "sparse_fp32")
-    overlaps: dict[str, list[np.ndarray]] = {v.name: [] for v in variants if v is not reference}
+    """Per variant vs the first (the service path at fp32) over ``eval_users``: mean top-20 overlap, share
+    of identical top-20 sets, max abs score difference (unmasked scores). All variants score one model."""
+    reference = variants[0]
+    overlaps: dict[str, list[np.ndarray]] = {v.name: [] for v in variants[1:]}
     max_diff = dict.fromkeys(overlaps, 0.0)
     with torch.inference_mode():
         for start in range(0, len(eval_users), batch):
             users = eval_users[start : start + batch]
-            h, s = work.histories[users], work.signals[users]
+            h, s = work.histories[users], work.states[users]
             ref_batch = make_batch(h, users, s, device, torch.float32)
-            ref_scores = scores_of(reference, ref_batch).float()
+            ref_scores = reference.score(ref_batch).float()
             ref_ids = recommend(reference, ref_batch)
-            for v in variants:
-                if v is reference:
-                    continue
+            for v in variants[1:]:
                 b = make_batch(h, users, s, device, v.input_dtype)
-                diff = (scores_of(v, b).float() - ref_scores).abs().max()
+                diff = (v.score(b).float() - ref_scores).abs().max()
                 max_diff[v.name] = max(max_diff[v.name], float(diff))
                 overlaps[v.name].append(top_k_overlap(recommend(v, b), ref_ids))
     out = {}
@@ -349,13 +450,16 @@ def compare_precisions(
 
 def sparse_vs_dense(
     variants: Sequence[Variant], work: Workload, users: np.ndarray, device: torch.device
-) -> dict[str, float]:
-    """Max abs difference of sparse and dense fp32 scores on one batch, and the scores' max magnitude."""
-    sparse = next(v for v in variants if v.name == "sparse_fp32")
-    dense = next(v for v in variants if v.name == "dense_fp32")
+) -> dict[str, Any]:
+    """Max abs difference of LD4MRec's sparse and dense fp32 scores on one batch, and the scores' max
+    magnitude; ``{"skipped": why}`` for a model without the two first layers."""
+    by_name = {v.name: v for v in variants}
+    if "sparse_fp32" not in by_name or "dense_fp32" not in by_name:
+        return {"skipped": NO_FIRST_LAYER_NOTE.format(name=work.model.name)}
+    sparse, dense = by_name["sparse_fp32"], by_name["dense_fp32"]
     with torch.inference_mode():
-        batch = make_batch(work.histories[users], users, work.signals[users], device, torch.float32)
-        a, b = scores_of(sparse, batch), scores_of(dense, batch)
+        batch = make_batch(work.histories[users], users, work.states[users], device, torch.float32)
+        a, b = sparse.score(batch), dense.score(batch)
     return {
         "batch": int(len(users)),
         "max_abs_diff": float(f"{float((a - b).abs().max()):.3g}"),
@@ -367,17 +471,64 @@ def sparse_vs_dense(
 def print_table(
     rows: Sequence[dict[str, Any]], variants: Sequence[str], log: Callable[[str], None] = print
 ) -> None:
+    """One line per (batch, variant); the ratio column is against the first variant (the service path)."""
+    reference = variants[0]
     log(
-        f"\n{'batch':>5} {'variant':<12} {'median ms':>10} {'p95 ms':>9} {'p99 ms':>9} {'users/s':>10} "
-        f"{'vs sparse_fp32':>14} {'n':>6}"
+        f"\n{'batch':>5} {'variant':<14} {'median ms':>10} {'p95 ms':>9} {'p99 ms':>9} {'users/s':>10} "
+        f"{'vs ' + reference:>14} {'n':>6}"
     )
-    base = {r["batch"]: r["users_per_s"] for r in rows if r["variant"] == "sparse_fp32"}
+    base = {r["batch"]: r["users_per_s"] for r in rows if r["variant"] == reference}
     for r in sorted(rows, key=lambda r: (r["batch"], variants.index(r["variant"]))):
         ratio = r["users_per_s"] / base[r["batch"]] if base.get(r["batch"]) else float("nan")
         log(
-            f"{r['batch']:>5} {r['variant']:<12} {r['median_ms']:>10.3f} {r['p95_ms']:>9.3f} "
+            f"{r['batch']:>5} {r['variant']:<14} {r['median_ms']:>10.3f} {r['p95_ms']:>9.3f} "
             f"{r['p99_ms']:>9.3f} {r['users_per_s']:>10.1f} {ratio:>13.2f}x {r['repeats']:>6}"
         )
+
+
+def model_description(model: Recommender) -> str:
+    """One line: the model's name and shape (LD4MRec: hidden, d_svd, modalities)."""
+    net = ld4mrec_net(model)
+    if net is None:
+        return f"{model.name} n_items={model.n_items} config={json.dumps(model.config.to_dict())}"
+    cfg = net.cnet.cfg
+    return (
+        f"{model.name} n_items={cfg.n_items} hidden={cfg.hidden_dim} d_svd={cfg.collab_dim // 2} "
+        f"modalities={len(cfg.modality_dims)}"
+    )
+
+
+def workload_record(work: Workload, lengths: np.ndarray) -> dict[str, Any]:
+    """The JSON ``workload`` section: the model and its shape, the requests' histories, what a request is."""
+    model = work.model
+    record: dict[str, Any] = {
+        "model": model.name,
+        "source": work.source,
+        "weights": work.weights,
+        "n_users": int(work.histories.shape[0]),
+        "n_items": model.n_items,
+    }
+    net = ld4mrec_net(model)
+    if net is not None:
+        cfg = net.cnet.cfg
+        record |= {
+            "hidden_dim": cfg.hidden_dim,
+            "d_svd": cfg.collab_dim // 2,
+            "modality_dims": list(cfg.modality_dims),
+        }
+    record |= {
+        "model_config": model.config.to_dict(),
+        "history_length": {
+            "mean": round(float(lengths.mean()), 3),
+            "median": float(np.median(lengths)),
+            "p99": float(np.percentile(lengths, 99)),
+            "max": int(lengths.max()),
+        },
+        "request": "UserBatch.from_csr + scores (sparse / score: model.score, the service path; dense: "
+        f"multi-hot, net.cnet.forward) + mask_items(history) + top_k({TOP_K}) + ids to host, in "
+        "torch.inference_mode()",
+    }
+    return record
 
 
 # -- main ----------------------------------------------------------------------------------------------------
@@ -390,7 +541,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--artifact",
         type=Path,
         default=None,
-        help="a trained artifact directory (default: random-init LD4MRec at the sports shape)",
+        help="a trained artifact directory of any model (default: random-init LD4MRec at the sports shape)",
+    )
+    p.add_argument(
+        "--compare-artifact",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also time this artifact's fp32 service path on the same requests (same users and training "
+        "histories; repeatable), e.g. EASE next to LD4MRec",
     )
     p.add_argument(
         "--data",
@@ -449,17 +609,18 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) 
     started = datetime.now(UTC)
 
     t0 = time.perf_counter()
-    work = build_workload(args.artifact, args.data, args.seed)
+    work = build_workload(args.artifact, args.data, args.seed, device)
+    variants, skipped = make_variants(work)
+    others, compared = comparison_variants(work, args.compare_artifact, device, [v.name for v in variants])
     setup_s = time.perf_counter() - t0
-    cfg = work.model.cnet.cfg
-    variants, skipped = make_variants(work.model, device)
-    names = [v.name for v in variants]
+    timed = [*variants, *others]
+    names = [v.name for v in timed]
+    reference = variants[0]
     rng = np.random.default_rng(args.seed)
     lengths = np.diff(work.histories.indptr)[work.users]
-    log(
-        f"model: LD4MRec n_items={cfg.n_items} hidden={cfg.hidden_dim} d_svd={cfg.collab_dim // 2} "
-        f"modalities={len(cfg.modality_dims)} weights={work.weights}"
-    )
+    log(f"model: {model_description(work.model)} weights={work.weights}")
+    for c in compared:
+        log(f"compared: {c['variant']} = {c['model']} from {c['artifact']} ({c['weights']})")
     log(
         f"requests: {work.source}; {len(work.users)} users, history length mean {lengths.mean():.2f} "
         f"median {np.median(lengths):.0f} max {lengths.max()}; setup {setup_s:.1f}s"
@@ -471,10 +632,13 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) 
 
     check_users = rng.choice(work.users, size=min(256, len(work.users)), replace=False)
     dense_check = sparse_vs_dense(variants, work, check_users, device)
-    log(
-        f"sparse vs dense fp32 scores on {dense_check['batch']} users: "
-        f"max abs diff {dense_check['max_abs_diff']:.3g} (max |score| {dense_check['max_abs_score']:.4g})"
-    )
+    if "skipped" in dense_check:
+        log(f"sparse vs dense: skipped ({dense_check['skipped']})")
+    else:
+        log(
+            f"sparse vs dense fp32 scores on {dense_check['batch']} users: max abs diff "
+            f"{dense_check['max_abs_diff']:.3g} (max |score| {dense_check['max_abs_score']:.4g})"
+        )
 
     rows: list[dict[str, Any]] = []
     for batch in batch_sizes:
@@ -482,14 +646,14 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) 
             log(f"batch {batch}: skipped (only {len(work.users)} users with a history)")
             continue
         pool = request_pool(work, batch, n_batches=max(2, min(16, 4096 // batch)), rng=rng)
-        rows += [m.summary() for m in measure_batch_size(variants, pool, batch, plan, device)]
+        rows += [m.summary() for m in measure_batch_size(timed, pool, batch, plan, device)]
         done = {r["variant"]: r for r in rows if r["batch"] == batch}
         log(f"batch {batch:>3}: " + "  ".join(f"{n} {done[n]['users_per_s']:.0f} u/s" for n in names))
     print_table(rows, names, log)
 
     eval_users = rng.permutation(work.users)[:eval_n]
     precision = compare_precisions(variants, work, eval_users, device)
-    log(f"\ntop-{TOP_K} vs sparse fp32 over {len(eval_users)} users ({work.weights} weights):")
+    log(f"\ntop-{TOP_K} vs {reference.name} over {len(eval_users)} users ({work.weights} weights):")
     for name, p in precision.items():
         log(
             f"  {name:<12} mean overlap {p['top20_overlap_vs_fp32']:.4f}  min {p['min_top20_overlap']:.2f}  "
@@ -502,15 +666,23 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) 
     for name, why in skipped.items():
         log(f"  {name:<12} skipped: {why}")
 
-    sparse_rows = {r["batch"]: r for r in rows if r["variant"] == "sparse_fp32"}
-    headline: dict[str, Any] = {f"users_per_s_batch{b}": r["users_per_s"] for b, r in sparse_rows.items()}
+    by_variant = {(r["variant"], r["batch"]): r for r in rows}
+    service_rows = {b: r for (v, b), r in by_variant.items() if v == reference.name}
+    headline: dict[str, Any] = {"model": work.model.name}
+    headline |= {f"users_per_s_batch{b}": r["users_per_s"] for b, r in service_rows.items()}
     for b in (1, 32):
-        if b in sparse_rows:
-            headline[f"latency_ms_batch{b}_p50"] = sparse_rows[b]["median_ms"]
-            headline[f"latency_ms_batch{b}_p99"] = sparse_rows[b]["p99_ms"]
+        if b in service_rows:
+            headline[f"latency_ms_batch{b}_p50"] = service_rows[b]["median_ms"]
+            headline[f"latency_ms_batch{b}_p99"] = service_rows[b]["p99_ms"]
     headline |= {f"top20_overlap_{n}": p["top20_overlap_vs_fp32"] for n, p in precision.items()}
+    for other in others:  # serving cost of the compared models, measured on the same requests
+        for b, r in service_rows.items():
+            if (other.name, b) in by_variant:
+                their = by_variant[other.name, b]["users_per_s"]
+                headline[f"{other.name}_users_per_s_batch{b}"] = their
+                headline[f"{other.name}_vs_{reference.name}_batch{b}"] = round(their / r["users_per_s"], 3)
     headline |= {
-        "variant": "sparse_fp32",
+        "variant": reference.name,
         "device": str(device),
         "threads": torch.get_num_threads(),
         "weights": work.weights,
@@ -524,23 +696,7 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) 
         "command": command,
         "mode": "quick" if args.quick else "full",
         "machine": machine,
-        "workload": {
-            "source": work.source,
-            "weights": work.weights,
-            "n_users": int(work.histories.shape[0]),
-            "n_items": cfg.n_items,
-            "hidden_dim": cfg.hidden_dim,
-            "d_svd": cfg.collab_dim // 2,
-            "modality_dims": list(cfg.modality_dims),
-            "history_length": {
-                "mean": round(float(lengths.mean()), 3),
-                "median": float(np.median(lengths)),
-                "p99": float(np.percentile(lengths, 99)),
-                "max": int(lengths.max()),
-            },
-            "request": "HistoryBatch.from_csr + scores (sparse: model.score; dense: multi-hot, cnet.forward) "
-            f"+ mask_items(history) + top_k({TOP_K}) + ids to host, in torch.inference_mode()",
-        },
+        "workload": workload_record(work, lengths),
         "timing": {
             "warmup": plan.warmup,
             "budget_s_per_config": plan.budget_s,
@@ -549,14 +705,18 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) 
             "throughput": "batch / median latency",
         },
         "int8": {
-            "what": INT8_NOTE,
+            "what": INT8_NOTE if ld4mrec_net(work.model) is not None else "model.with_precision('int8')",
             "quantised_layers": next(
-                (quantised_layers(v.model) for v in variants if v.precision == "int8"), []
+                (quantised_layers(v.module) for v in variants if v.precision == "int8" and v.module), []
             ),
         },
-        "bf16": "copy of the model cast to bfloat16 (all weights and buffers), signals cast to bfloat16",
+        "bf16": "copy of the LD4MRec network cast to bfloat16 (all weights and buffers), states cast to "
+        "bfloat16"
+        if any(v.precision == "bf16" for v in variants)
+        else None,
         "skipped": skipped,
         "sparse_vs_dense": dense_check,
+        "compared": compared,
         "results": rows,
         "precision_vs_fp32": {"users": int(len(eval_users)), "weights": work.weights, **precision},
         "headline": headline,

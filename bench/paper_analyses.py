@@ -10,12 +10,13 @@ Each subcommand writes ``bench/results/paper_<analysis>_<dataset>.json`` (``epoc
 with the machine, the command, the dataset and the full base configuration, prints a markdown table on
 stdout (logs go to stderr) and ends stdout with one JSON line of headline figures.
 
-Base configuration = ``TrainConfig()`` defaults, then every ``--set key=value``, then the ``--epochs`` /
-``--patience`` caps. ``protocol.capped`` in the JSON (and ``capped`` in the headline) is true whenever the
-result differs from the paper protocol's 1000 epochs / patience 20, so a capped run is never taken for a
-full one. Every training is :func:`training.trainer.train` (seeded, so deterministic for ``seed``; it logs
-epoch, loss and valid Recall/NDCG@20 at DEBUG level, which this script enables) and reports the *test*
-metrics of the best-valid-Recall@20 epoch, scored forward-free. Every evaluation is
+Base configuration = ``LD4MRecConfig`` and ``RunConfig`` defaults (the model's config comes from
+``model.registry.get_model("ld4mrec")``), then every ``--set key=value`` (a key of either), then the
+``--epochs`` / ``--patience`` caps. ``protocol.capped`` in the JSON (and ``capped`` in the headline) is true
+whenever the result differs from the paper protocol's 1000 epochs / patience 20, so a capped run is never
+taken for a full one. Every training is :func:`training.trainer.train` (seeded, so deterministic for
+``seed``; it logs epoch, losses and valid Recall/NDCG@K at DEBUG level, which this script enables) and
+reports the *test* metrics of the best-valid-Recall@20 epoch, scored forward-free. Every evaluation is
 :func:`training.evaluate.evaluate` (all-ranking, only training items masked, K = 10, 20, 50).
 
 ``--data`` is a dataset name under ``$LD4MREC_DATASETS`` (default ``../shared/datasets``), a dataset
@@ -24,9 +25,9 @@ directory, or ``demo`` (the synthetic demo dataset of ``ld4mrec-train``).
 What each subcommand does (trainings in brackets):
 
 - ``inference`` [1, or 0 with ``--artifact DIR``]: scores the TEST split with ``single_step`` (forward-free,
-  ``model.score``), ``forward_noised_t0..tT`` (``model.score_forward_noised`` on the training schedule: x_in
-  noised to t', t' reverse steps; t' = 0: clean x_in, T reverse steps, DiffRec's ``sampling_steps=0``) and
-  ``multistep_T{T'}`` for T' in ``--multistep`` (5, 50, 1000): a schedule of T' steps over the same noise
+  ``model.score``), ``forward_noised_t0..tT`` (``model.net.score_forward_noised`` on the training schedule:
+  x_in noised to t', t' reverse steps; t' = 0: clean x_in, T reverse steps, DiffRec's ``sampling_steps=0``)
+  and ``multistep_T{T'}`` for T' in ``--multistep`` (5, 50, 1000): a schedule of T' steps over the same noise
   range, x_in noised to its last step, T' reverse steps of posterior means, C-Net told the trained step
   ``ceil(t * T / T')``. Noise comes from a generator seeded with ``seed`` per variant. Then times one call
   of each variant on one fixed batch of B test users (``--timing-batches``, 256 and 1; ``--timing-threads``
@@ -60,19 +61,24 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from _configs import config_diff, parse_set, split_overrides
 from _machine import display_path, loadavg, machine_info, write_json
-from model.artifact import build_model, read_artifact
-from model.diffusion import DiffusionSchedule
-from model.ld4mrec import HistoryBatch, LD4MRec
-from training.config import TrainConfig
+from model.artifact import read_artifact
+from model.base import ConfigError, FitContext, Recommender, UserBatch
+from model.ld4mrec.config import LD4MRecConfig
+from model.ld4mrec.diffusion import DiffusionSchedule
+from model.ld4mrec.network import LD4MRecNet
+from model.registry import get_model
+from training.config import RunConfig
 from training.dataset import InteractionData, load_dataset
 from training.evaluate import ScoreFn, evaluable_users, evaluate
-from training.sampler import ImportanceStepSampler
 from training.synthetic import SyntheticSpec, write_synthetic_dataset
-from training.trainer import TrainResult, _train_epoch, prepare_model, train
+from training.trainer import TrainResult, train, training_data
 
 log = logging.getLogger("paper_analyses")
 
+MODEL = "ld4mrec"
+"""The paper's model: every analysis trains or reads it (its classes come from ``model.registry``)."""
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 DEFAULT_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 DEMO = "demo"
@@ -93,55 +99,67 @@ ARTIFACT_RUN_KEYS = ("device", "threads", "eval_batch_size", "seed")
 
 
 # -- configuration, data, training ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Setup:
+    """What one training uses: LD4MRec's hyperparameters and the run options (seed, device, epochs, ...)."""
+
+    model: LD4MRecConfig
+    run: RunConfig
+
+    def with_model(self, **changes: Any) -> Setup:
+        """This setup with some LD4MRec options changed (validated)."""
+        model = dataclasses.replace(self.model, **changes).validate()
+        return Setup(model, self.run)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Both configurations as one flat dict (no option is in both)."""
+        return self.run.to_dict() | self.model.to_dict()
+
+    def diff(self) -> dict[str, Any]:
+        """The options that differ from the defaults."""
+        return config_diff(self.run) | config_diff(self.model)
+
+
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["lr=1e-3", "use_cg=false"]`` -> typed TrainConfig overrides (type of each field's default)."""
-    defaults = TrainConfig().to_dict()
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in defaults:
-            raise SystemExit(f"--set {item!r}: expected key=value with key one of {', '.join(defaults)}")
-        kind = type(defaults[key])
-        if kind is bool:
-            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
-                raise SystemExit(f"--set {item!r}: {key} takes true or false")
-            out[key] = raw.lower() in ("1", "true", "yes", "on")
-        else:
-            try:
-                out[key] = kind(raw)
-            except ValueError:
-                raise SystemExit(f"--set {item!r}: {key} takes a {kind.__name__}") from None
-    return out
+    """``["lr=1e-3", "use_cg=false", "threads=1"]`` -> typed LD4MRecConfig / RunConfig overrides."""
+    try:
+        return parse_set(MODEL, items)
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
 
 
-def base_config(args: argparse.Namespace) -> tuple[TrainConfig, dict[str, Any]]:
-    """TrainConfig defaults + ``--set`` overrides + ``--epochs`` / ``--patience`` caps -> (cfg, overrides)."""
+def make_setup(overrides: dict[str, Any]) -> Setup:
+    """The defaults with ``overrides`` applied, validated (SystemExit naming a bad option)."""
+    try:
+        model, run = split_overrides(MODEL, overrides)
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
+    assert isinstance(model, LD4MRecConfig), f"{MODEL} is configured by LD4MRecConfig"
+    return Setup(model, run)
+
+
+def base_config(args: argparse.Namespace) -> tuple[Setup, dict[str, Any]]:
+    """Defaults + ``--set`` overrides + ``--epochs`` / ``--patience`` caps -> (setup, overrides)."""
     overrides = parse_overrides(args.set)
     if getattr(args, "epochs", None) is not None:
         overrides["epochs"] = args.epochs
     if getattr(args, "patience", None) is not None:
         overrides["patience"] = args.patience
-    cfg = TrainConfig.from_dict(TrainConfig().to_dict() | overrides)
-    try:
-        cfg.validate()
-    except ValueError as exc:
-        raise SystemExit(str(exc)) from None
-    return cfg, overrides
+    return make_setup(overrides), overrides
 
 
-def protocol_record(cfg: TrainConfig) -> dict[str, Any]:
-    """Whether ``cfg`` trains with the paper protocol's epoch budget and patience, or is capped."""
-    full = TrainConfig()
-    capped = cfg.epochs < full.epochs or cfg.patience < full.patience
+def protocol_record(run: RunConfig) -> dict[str, Any]:
+    """Whether ``run`` trains with the paper protocol's epoch budget and patience, or is capped."""
+    full = RunConfig()
+    capped = run.epochs < full.epochs or run.patience < full.patience
     return {
         "capped": capped,
-        "epochs": cfg.epochs,
-        "patience": cfg.patience,
+        "epochs": run.epochs,
+        "patience": run.patience,
         "full_epochs": full.epochs,
         "full_patience": full.patience,
         "note": (
-            f"CAPPED: at most {cfg.epochs} epochs, patience {cfg.patience} (full: {full.epochs} / "
+            f"CAPPED: at most {run.epochs} epochs, patience {run.patience} (full: {full.epochs} / "
             f"{full.patience}); not the paper protocol"
             if capped
             else "full protocol: up to 1000 epochs, early stop after 20 evaluations without valid R@20 gain"
@@ -159,11 +177,11 @@ def load_data(arg: str, workdir: Path) -> tuple[InteractionData, str]:
     return load_dataset(path), str(path)
 
 
-def train_logged(data: InteractionData, cfg: TrainConfig, label: str) -> tuple[TrainResult, float]:
+def train_logged(data: InteractionData, setup: Setup, label: str) -> tuple[TrainResult, float]:
     """:func:`train` with a start/end log line; -> (result, wall seconds)."""
-    log.info("[%s] training on %s: %s", label, data.name, json.dumps(_diff(cfg)))
+    log.info("[%s] training on %s: %s", label, data.name, json.dumps(setup.diff()))
     start = time.perf_counter()
-    result = train(data, cfg, progress=False)
+    result = train(data, MODEL, setup.model, setup.run, progress=False)
     wall = time.perf_counter() - start
     log.info(
         "[%s] done in %.0f s: best epoch %d of %d, test recall@20 %.4f ndcg@20 %.4f",
@@ -177,13 +195,13 @@ def train_logged(data: InteractionData, cfg: TrainConfig, label: str) -> tuple[T
     return result, wall
 
 
-def training_row(result: TrainResult, cfg: TrainConfig, wall_s: float) -> dict[str, Any]:
+def training_row(result: TrainResult, setup: Setup, wall_s: float) -> dict[str, Any]:
     """What one training reports: best epoch, epochs run and why it stopped, s/epoch, valid and test."""
     epochs_run = len(result.log)
     return {
         "best_epoch": result.best_epoch,
         "epochs_run": epochs_run,
-        "stopped_by": "early_stop" if epochs_run < cfg.epochs else "epoch_cap",
+        "stopped_by": "early_stop" if epochs_run < setup.run.epochs else "epoch_cap",
         "s_per_epoch": round(result.seconds_per_epoch, 4),
         "wall_s": round(wall_s, 1),
         "valid": _round(result.metrics["valid"]),
@@ -191,14 +209,16 @@ def training_row(result: TrainResult, cfg: TrainConfig, wall_s: float) -> dict[s
     }
 
 
-def _diff(cfg: TrainConfig) -> dict[str, Any]:
-    """The fields of ``cfg`` that differ from TrainConfig()."""
-    default = TrainConfig().to_dict()
-    return {k: v for k, v in cfg.to_dict().items() if default[k] != v}
-
-
 def _round(metrics: dict[str, float], digits: int = 6) -> dict[str, float]:
     return {k: round(float(v), digits) for k, v in metrics.items()}
+
+
+def ld4mrec_net(model: Recommender) -> LD4MRecNet:
+    """The LD4MRec network of a registry-built model (``model.net``); SystemExit for another model."""
+    net = getattr(model, "net", None)
+    if model.name != MODEL or not isinstance(net, LD4MRecNet):
+        raise SystemExit(f"the paper's analyses need an {MODEL} model, not {model.name}")
+    return net
 
 
 # -- output ---------------------------------------------------------------------------------------------
@@ -222,7 +242,7 @@ class Run:
     argv: Sequence[str]
     data: InteractionData
     data_source: str
-    cfg: TrainConfig
+    setup: Setup
     overrides: dict[str, Any]
     started: datetime
     machine: dict[str, Any]
@@ -236,7 +256,7 @@ class Run:
     def finish(self, body: dict[str, Any], headline: dict[str, Any], table: str) -> dict[str, Any]:
         """Write the JSON (atomically), print the table, end stdout with the headline JSON line."""
         self.machine["loadavg_1_5_15_at_end"] = loadavg()
-        protocol = protocol_record(self.cfg)
+        protocol = protocol_record(self.setup.run)
         headline = {
             "analysis": self.analysis,
             "dataset": self.data.name,
@@ -263,7 +283,8 @@ class Run:
             },
             "protocol": protocol,
             "overrides": self.overrides,
-            "base_config": self.cfg.to_dict(),
+            "model_name": MODEL,
+            "base_config": self.setup.to_dict(),  # RunConfig + LD4MRecConfig, flat
             "evaluation": "training.evaluate.evaluate: all-ranking over every item, only training items "
             "masked, users with >= 1 training and >= 1 held-out item; test metrics at the best-valid-"
             "Recall@20 epoch",
@@ -300,10 +321,10 @@ def _plot(path: Path, draw: Callable[[Any], None], figsize: tuple[float, float])
 # -- 1. inference: forward-free vs forward-noised vs multi-step (Fig. 3, ratio b) -------------------------
 @dataclass(eq=False)
 class InferenceVariant:
-    """One way of scoring a HistoryBatch (B users) -> (B, n_items).
+    """One way of scoring a UserBatch (B users; states = condition signals) -> (B, n_items).
 
     ``start_step`` None = forward-free (``model.score``: one pass, sparse first layer, no noise). Otherwise
-    ``model.score_forward_noised(batch, start_step, generator, schedule)``: x_in noised to ``start_step``
+    ``model.net.score_forward_noised(batch, start_step, generator, schedule)``: x_in noised to ``start_step``
     of ``schedule`` (0 = clean x_in), then that many reverse steps (all T' steps when 0).
     """
 
@@ -313,13 +334,13 @@ class InferenceVariant:
     schedule: DiffusionSchedule | None = None
     reverse_steps: int = 0
 
-    def __call__(self, model: LD4MRec, batch: HistoryBatch, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, model: Recommender, batch: UserBatch, generator: torch.Generator) -> torch.Tensor:
         if self.start_step is None:
             return model.score(batch)
-        return model.score_forward_noised(batch, self.start_step, generator, self.schedule)
+        return ld4mrec_net(model).score_forward_noised(batch, self.start_step, generator, self.schedule)
 
 
-def inference_variants(cfg: TrainConfig, multistep: Sequence[int]) -> list[InferenceVariant]:
+def inference_variants(cfg: LD4MRecConfig, multistep: Sequence[int]) -> list[InferenceVariant]:
     """single_step; forward_noised_t0 .. t{T} (training schedule); multistep_T{T'} for each T' in multistep.
 
     ``multistep_T{T'}``: a :class:`DiffusionSchedule` with T' steps over the same noise range (s, a_min,
@@ -336,10 +357,10 @@ def inference_variants(cfg: TrainConfig, multistep: Sequence[int]) -> list[Infer
 
 
 def variant_score_fn(
-    model: LD4MRec,
+    model: Recommender,
     variant: InferenceVariant,
     histories: sp.csr_matrix,
-    signals: np.ndarray,
+    states: np.ndarray,
     device: torch.device,
     seed: int,
 ) -> ScoreFn:
@@ -348,7 +369,7 @@ def variant_score_fn(
 
     @torch.inference_mode()
     def score(users: np.ndarray) -> torch.Tensor:
-        batch = HistoryBatch.from_csr(histories[users], users, signals[users], device)
+        batch = UserBatch.from_csr(histories[users], users, states[users], device)
         return variant(model, batch, generator).cpu()
 
     return score
@@ -370,9 +391,9 @@ def _sync(device: torch.device) -> None:
 
 
 def time_variants(
-    model: LD4MRec,
+    model: Recommender,
     variants: Sequence[InferenceVariant],
-    batch: HistoryBatch,
+    batch: UserBatch,
     device: torch.device,
     *,
     repeats: int,
@@ -409,47 +430,54 @@ def time_variants(
 
 def load_model(
     args: argparse.Namespace, run: Run, device: torch.device
-) -> tuple[LD4MRec, np.ndarray, TrainConfig, dict[str, Any]]:
-    """Train the base config once, or read ``--artifact``; -> (model, stored signals, its config, origin)."""
+) -> tuple[Recommender, np.ndarray, Setup, dict[str, Any]]:
+    """Train the base setup once, or read ``--artifact``; -> (model on ``device``, the training users'
+    states (condition signals), its setup, origin)."""
     if args.artifact is None:
-        result, wall = train_logged(run.data, run.cfg, "inference")
-        origin = {"model": "trained here", **training_row(result, run.cfg, wall)}
-        return result.model.to(device).eval(), result.signals, run.cfg, origin
-    art = read_artifact(args.artifact)
+        result, wall = train_logged(run.data, run.setup, "inference")
+        origin = {"model": "trained here", **training_row(result, run.setup, wall)}
+        return result.model, result.model.user_states(), run.setup, origin
     fixed = {k: v for k, v in run.overrides.items() if k not in ARTIFACT_RUN_KEYS}
     if fixed:
         raise SystemExit(
             f"--artifact: the model and its training are fixed; only --set {', '.join(ARTIFACT_RUN_KEYS)} "
             f"apply (got {', '.join(fixed)})"
         )
+    art = read_artifact(args.artifact, device)
+    ld4mrec_net(art.model)
     if (art.n_users, art.n_items) != (run.data.n_users, run.data.n_items) or (
         art.train_histories != run.data.train
     ).nnz:
         raise SystemExit(
             f"--artifact {args.artifact} was not trained on the training split of {run.data.name}"
         )
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig.from_dict({k: v for k, v in art.train_config.items() if k in known} | run.overrides)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    try:
+        run_cfg = RunConfig.from_dict({k: v for k, v in art.training.items() if k in known} | run.overrides)
+    except ConfigError as exc:
+        raise SystemExit(f"--artifact {args.artifact}: {exc}") from None
+    assert isinstance(art.model.config, LD4MRecConfig)
+    if run_cfg.threads > 0:
+        torch.set_num_threads(run_cfg.threads)
     origin = {
         "model": f"artifact {display_path(art.path or Path(args.artifact))}",
         "model_version": art.model_version,
-        "best_epoch": art.train_config.get("best_epoch"),
+        "best_epoch": art.training.get("best_epoch"),
         "artifact_metrics": art.metrics,
     }
-    return build_model(art, device), art.signals, cfg, origin
+    return art.model, art.user_states, Setup(art.model.config, run_cfg), origin
 
 
 def run_inference(run: Run) -> dict[str, Any]:
     """Fig. 3 and ratio (b): test accuracy and per-user scoring time of each inference variant."""
     args = run.args
-    device = torch.device(run.cfg.device)
-    model, signals, cfg, origin = load_model(args, run, device)
-    run.cfg = cfg  # an artifact's own training configuration (+ run-only overrides) is what gets recorded
+    device = torch.device(run.setup.run.device)
+    model, states, setup, origin = load_model(args, run, device)
+    run.setup = setup  # an artifact's own configuration (+ run-only overrides) is what gets recorded
+    cfg, seed, eval_batch_size = setup.model, setup.run.seed, setup.run.eval_batch_size
     data = run.data
     variants = inference_variants(cfg, args.multistep)
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(seed)
 
     all_users = evaluable_users(data.train, data.test)
     users = all_users
@@ -459,8 +487,8 @@ def run_inference(run: Run) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for variant in variants:
         start = time.perf_counter()
-        score_fn = variant_score_fn(model, variant, data.train, signals, device, cfg.seed)
-        metrics = evaluate(score_fn, data.train, test, batch_size=cfg.eval_batch_size)
+        score_fn = variant_score_fn(model, variant, data.train, states, device, seed)
+        metrics = evaluate(score_fn, data.train, test, batch_size=eval_batch_size)
         seconds = time.perf_counter() - start
         log.info(
             "[inference] %-22s test recall@20 %.4f ndcg@20 %.4f (%.1f s, %d users)",
@@ -494,7 +522,7 @@ def run_inference(run: Run) -> dict[str, Any]:
         "min_repeats": args.timing_min_repeats,
         "budget_s": args.timing_budget_s,
         "what": "median seconds of one model call (score or score_forward_noised incl. its noise draw) on "
-        "one fixed pre-built HistoryBatch of B test users (seeded) under torch.inference_mode(), variants "
+        "one fixed pre-built UserBatch of B test users (seeded) under torch.inference_mode(), variants "
         "interleaved; per-user = median / B",
         "batches": {},
     }
@@ -502,7 +530,7 @@ def run_inference(run: Run) -> dict[str, Any]:
     for size in args.timing_batches:
         size = min(size, len(pool))
         chosen = np.sort(pool[:size])
-        batch = HistoryBatch.from_csr(data.train[chosen], chosen, signals[chosen], device)
+        batch = UserBatch.from_csr(data.train[chosen], chosen, states[chosen], device)
         log.info("[inference] timing batch %d...", size)
         samples = time_variants(
             model,
@@ -512,7 +540,7 @@ def run_inference(run: Run) -> dict[str, Any]:
             repeats=args.timing_repeats,
             min_repeats=args.timing_min_repeats,
             budget_s=args.timing_budget_s,
-            seed=cfg.seed,
+            seed=seed,
         )
         single = float(np.median(samples["single_step"]))
         timing["batches"][str(size)] = {
@@ -582,10 +610,10 @@ def run_ablation(run: Run) -> dict[str, Any]:
     """default, w/o CG, w/o PG, w/o soft labels, DiffRec-style: test metrics at the best-valid epoch."""
     rows = []
     for name in run.args.variants:
-        cfg = dataclasses.replace(run.cfg, **ABLATION_VARIANTS[name])
-        result, wall = train_logged(run.data, cfg, f"ablation {name}")
+        setup = run.setup.with_model(**ABLATION_VARIANTS[name])
+        result, wall = train_logged(run.data, setup, f"ablation {name}")
         rows.append(
-            {"variant": name, "overrides": ABLATION_VARIANTS[name], **training_row(result, cfg, wall)}
+            {"variant": name, "overrides": ABLATION_VARIANTS[name], **training_row(result, setup, wall)}
         )
     table = markdown_table(
         ["variant", *(m.replace("recall", "R").replace("ndcg", "N") for m in METRICS), "best epoch", "epochs"]
@@ -650,17 +678,17 @@ def run_robustness(run: Run) -> dict[str, Any]:
     """LD4MRec and DiffRec-style trained on the clean split and with each level of fake interactions."""
     levels = sorted({0.0, *run.args.levels})
     counts = [int(round(level * run.data.train.nnz)) for level in levels]
-    fake_users, fake_items = sample_fake_pairs(run.data, max(counts), run.cfg.seed)
+    fake_users, fake_items = sample_fake_pairs(run.data, max(counts), run.setup.run.seed)
     rows: list[dict[str, Any]] = []
     for level, count in zip(levels, counts, strict=True):
         noisy = with_fake_interactions(run.data, fake_users[:count], fake_items[:count])
         for model_name, overrides in ROBUSTNESS_MODELS.items():
-            cfg = dataclasses.replace(run.cfg, **overrides)
+            setup = run.setup.with_model(**overrides)
             label = f"robustness {model_name} noise {level:.0%}"
-            result, wall = train_logged(noisy, cfg, label)
+            result, wall = train_logged(noisy, setup, label)
             rows.append(
                 {"model": model_name, "noise": level, "fake_interactions": count}
-                | {"train_interactions": int(noisy.train.nnz), **training_row(result, cfg, wall)}
+                | {"train_interactions": int(noisy.train.nnz), **training_row(result, setup, wall)}
             )
     for r in rows:
         clean = next(c for c in rows if c["model"] == r["model"] and c["noise"] == 0.0)
@@ -705,7 +733,7 @@ def run_robustness(run: Run) -> dict[str, Any]:
         "noise": "fake (user, item) pairs added to the TRAINING split only (signals, SVD and training all "
         "see them; evaluation masks them like any training item), uniform over pairs of users with >= 1 "
         "training item and items that user has in none of train/valid/test; count = level x train "
-        f"interactions; seeded with seed {run.cfg.seed}; smaller levels are subsets of larger ones",
+        f"interactions; seeded with seed {run.setup.run.seed}; smaller levels are subsets of larger ones",
         "models": ROBUSTNESS_MODELS,
         "results": rows,
         "plot": plot,
@@ -727,16 +755,16 @@ def sensitivity_points(
 def run_sensitivity(run: Run) -> dict[str, Any]:
     """Soft-label probability p and smoothing gamma: valid and test R@20 / N@20 of each point."""
     args = run.args
-    if not run.cfg.soft_labels:
+    if not run.setup.model.soft_labels:
         log.info("[sensitivity] soft_labels=false in the base config: set to true (p and gamma need it)")
-    base = dataclasses.replace(run.cfg, soft_labels=True)
-    center = (base.soft_p, base.soft_gamma)
+    base = run.setup.with_model(soft_labels=True)
+    center = (base.model.soft_p, base.model.soft_gamma)
     points = sensitivity_points(center, args.p_values, args.gamma_values, args.grid)
     rows = []
     for i, (p, gamma) in enumerate(points, start=1):
-        cfg = dataclasses.replace(base, soft_p=p, soft_gamma=gamma)
-        result, wall = train_logged(run.data, cfg, f"sensitivity {i}/{len(points)} p={p} gamma={gamma}")
-        rows.append({"soft_p": p, "soft_gamma": gamma, **training_row(result, cfg, wall)})
+        setup = base.with_model(soft_p=p, soft_gamma=gamma)
+        result, wall = train_logged(run.data, setup, f"sensitivity {i}/{len(points)} p={p} gamma={gamma}")
+        rows.append({"soft_p": p, "soft_gamma": gamma, **training_row(result, setup, wall)})
     table = markdown_table(
         ["p", "gamma", "valid R@20", "valid N@20", "test R@20", "test N@20", "best epoch"],
         [
@@ -795,51 +823,33 @@ def run_sensitivity(run: Run) -> dict[str, Any]:
 
 # -- 5. epoch time (ratio c) -------------------------------------------------------------------------------
 class EpochRunner:
-    """The state :func:`train` builds before its epoch loop (same seeds and order), so that the trainer's
-    own epoch function ``_train_epoch`` can be timed one epoch at a time, alternating between models."""
+    """A fresh model built as :func:`train` builds it (``create`` with the same seed), whose epochs
+    (``Recommender.fit_epoch``, the span ``train`` reports as seconds per epoch) are timed one at a time,
+    so that two models can alternate."""
 
-    def __init__(self, data: InteractionData, cfg: TrainConfig) -> None:
-        torch.manual_seed(cfg.seed)
-        self.cfg = cfg
-        self.train = data.train
-        self.device = torch.device(cfg.device)
-        self.rng = np.random.default_rng(cfg.seed)
-        self.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        model, _, signals = prepare_model(data, cfg)
-        self.model = model.to(self.device)
-        self.signals = torch.from_numpy(signals).to(self.device)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.sampler = ImportanceStepSampler(
-            cfg.steps, cfg.importance_history, cfg.importance_uniform_mix, seed=cfg.seed
-        )
-        self.users = np.nonzero(np.diff(data.train.indptr) > 0)[0]
+    def __init__(self, data: InteractionData, setup: Setup) -> None:
+        run = setup.run
+        self.ctx = FitContext(seed=run.seed, device=torch.device(run.device))
+        self.fit_data = training_data(data)
+        self.model = get_model(MODEL).create(setup.model, self.fit_data, self.ctx)
+        self.epochs_done = 0
 
     def epoch(self) -> tuple[float, float]:
-        """One training epoch -> (seconds, mean loss); seconds cover ``_train_epoch`` only, as in train()."""
+        """One training epoch -> (seconds, mean loss); seconds cover ``fit_epoch`` only, as in train()."""
+        self.epochs_done += 1
         start = time.perf_counter()
-        loss = _train_epoch(
-            self.model,
-            self.optimizer,
-            self.sampler,
-            self.train,
-            self.users,
-            self.signals,
-            self.cfg,
-            self.rng,
-            self.generator,
-            self.device,
-        )
-        _sync(self.device)
-        return time.perf_counter() - start, loss
+        losses = self.model.fit_epoch(self.fit_data, self.epochs_done, self.ctx)
+        _sync(self.ctx.device)
+        return time.perf_counter() - start, float(losses["loss"])
 
 
 def run_epoch_time(run: Run) -> dict[str, Any]:
     """Ratio (c): median s/epoch of LD4MRec (base config) / DiffRec-style, epochs alternated A, B, A, B."""
     args = run.args
-    if run.cfg.threads > 0:
-        torch.set_num_threads(run.cfg.threads)
-    configs = {"ld4mrec": run.cfg, "diffrec_style": dataclasses.replace(run.cfg, **NO_CONDITIONS)}
-    runners = {name: EpochRunner(run.data, cfg) for name, cfg in configs.items()}
+    if run.setup.run.threads > 0:
+        torch.set_num_threads(run.setup.run.threads)
+    setups = {"ld4mrec": run.setup, "diffrec_style": run.setup.with_model(**NO_CONDITIONS)}
+    runners = {name: EpochRunner(run.data, setup) for name, setup in setups.items()}
     seconds: dict[str, list[float]] = {name: [] for name in runners}
     losses: dict[str, list[float]] = {name: [] for name in runners}
     for epoch in range(1, args.warmup + args.epochs + 1):
@@ -865,7 +875,7 @@ def run_epoch_time(run: Run) -> dict[str, Any]:
             "s_per_epoch_median": round(median[name], 4),
             "seconds": [round(x, 4) for x in seconds[name]],
             "losses": [round(x, 5) for x in losses[name]],
-            "overrides": _diff(configs[name]),
+            "overrides": setups[name].diff(),
         }
         for name in runners
     ]
@@ -882,9 +892,9 @@ def run_epoch_time(run: Run) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
     }
     body = {
-        "epoch": "one call of training.trainer._train_epoch: every user with >= 1 training item once, in "
-        "shuffled mini-batches of batch_size (noise, forward, loss, backward, Adam step); no evaluation, "
-        "no model copy; the same span train() reports as seconds per epoch",
+        "epoch": "one call of the model's fit_epoch (LD4MRec's): every user with >= 1 training item once, "
+        "in shuffled mini-batches of batch_size (noise, forward, loss, backward, Adam step); no evaluation, "
+        "no model copy; the same span training.trainer.train reports as seconds per epoch",
         "schedule": f"{args.warmup} untimed warm-up epoch(s) each, then {args.epochs} timed epochs each, "
         "alternating ld4mrec, diffrec_style, ld4mrec, ... in one process with the same threads",
         "ratio_c": round(ratio, 4),
@@ -906,7 +916,11 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data", required=True, help=f"dataset name, directory, or '{DEMO}'")
     common.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="TrainConfig override (repeatable)"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="LD4MRecConfig or RunConfig override (repeatable)",
     )
     common.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     common.add_argument("--out", type=Path, default=None, help="JSON path (default: RESULTS_DIR/paper_...)")
@@ -983,17 +997,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     logging.getLogger("training.trainer").setLevel(logging.DEBUG)  # epoch, loss, valid metrics
     if args.analysis == "epoch-time":
-        cfg, overrides = base_config(argparse.Namespace(set=args.set))
+        setup, overrides = base_config(argparse.Namespace(set=args.set))
     else:
-        cfg, overrides = base_config(args)
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+        setup, overrides = base_config(args)
+    if setup.run.threads > 0:
+        torch.set_num_threads(setup.run.threads)
     started = datetime.now(UTC)
-    machine = machine_info(torch.device(cfg.device))
+    machine = machine_info(torch.device(setup.run.device))
     with tempfile.TemporaryDirectory(prefix="paper-") as tmp:
         data, source = load_data(args.data, Path(tmp))
     log.info("%s; base config overrides %s", data.summary(), json.dumps(overrides))
-    run = Run(args.analysis, args, argv, data, source, cfg, overrides, started, machine)
+    run = Run(args.analysis, args, argv, data, source, setup, overrides, started, machine)
     return ANALYSES[args.analysis](run)
 
 

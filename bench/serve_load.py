@@ -3,20 +3,22 @@ generator, next to the model's own limit measured in the same run.
 
 What runs (all on loopback, every process stopped in a ``finally`` block):
 
-1. The artifact: ``--artifact DIR``, else a cached one under ``bench/.cache/`` at the ``sports`` shape
-   (35,598 users, 18,357 items, hidden 1000): LD4MRec trained 1 epoch on ``/work/shared/datasets/sports``
-   (``python -m training --epochs 1 --patience 1``; minutes, done once), or on a synthetic dataset of
-   that size and history-length distribution when the dataset is absent. ``--quick`` without that cache
-   uses an *untrained* (random-init) artifact of the same shape, built in seconds, and says so: the
-   service does the same work for any weights.
-2. The model limit: the service path (sparse first layer) forward + history masking + top-20 of a batch of
-   32 users (and of 1 user, what the service runs at low rates), exactly as ``bench/model_forward.py``
-   measures it (its functions are reused: ``sparse_variant``, ``measure_batch_size``), at fp32 and at every
-   precision a configuration serves (int8: ``model.precision.to_precision``, what ``LD4MREC_PRECISION=int8``
-   serves), the precisions interleaved on the same requests, in this process, before and after the load
-   (pooled), with 1 torch thread, torch's default and every count the service configurations use; the
-   ratios take the best thread count. With int8 served, the top-20 overlap int8 vs fp32 on the served
-   artifact (``compare_precisions``, ``--overlap-users`` users) is reported too.
+1. The artifact: ``--artifact DIR`` (of any registered model), else a cached one under ``bench/.cache/``
+   at the ``sports`` shape (35,598 users, 18,357 items, hidden 1000): LD4MRec trained 1 epoch on
+   ``/work/shared/datasets/sports`` (``python -m training --epochs 1 --patience 1``; minutes, done once),
+   or on a synthetic dataset of that size and history-length distribution when the dataset is absent.
+   ``--quick`` without that cache uses an *untrained* (random-init) artifact of the same shape, built in
+   seconds, and says so: the service does the same work for any weights. A cached artifact of an older
+   format is rebuilt.
+2. The model limit: the service path (``model.score``; LD4MRec's sparse first layer) forward + history
+   masking + top-20 of a batch of 32 users (and of 1 user, what the service runs at low rates), exactly as
+   ``bench/model_forward.py`` measures it (its functions are reused: ``service_variant``,
+   ``measure_batch_size``), at fp32 and at every precision a configuration serves (int8:
+   ``model.with_precision("int8")``, what ``LD4MREC_PRECISION=int8`` serves), the precisions interleaved
+   on the same requests, in this process, before and after the load (pooled), with 1 torch thread,
+   torch's default and every count the service configurations use; the ratios take the best thread
+   count. With int8 served, the top-20 overlap int8 vs fp32 on the served artifact
+   (``compare_precisions``, ``--overlap-users`` users) is reported too.
 3. For each service configuration (``--config MAX_BATCH:MAX_WAIT_MS:TORCH_THREADS[:PRECISION]``, precision
    ``fp32`` by default or ``int8``, passed as ``LD4MREC_PRECISION`` and checked in ``GET /model``): a fresh
    ``redis-server`` database (``--save "" --appendonly no``) and ``python -m service`` (uvicorn) with
@@ -94,12 +96,14 @@ from _serve_stack import (
     ManagedProcess,
     ServiceConfig,
     cpu_seconds,
+    is_current_artifact,
     scrape_histograms,
     start_redis,
     start_service,
 )
-from model.artifact import Artifact, build_model, read_artifact
+from model.artifact import Artifact, read_artifact
 from model.precision import PRECISIONS
+from model.registry import DEFAULT_MODEL
 from model_forward import (
     SPORTS_DIR,
     SPORTS_ITEMS,
@@ -110,7 +114,7 @@ from model_forward import (
     compare_precisions,
     measure_batch_size,
     request_pool,
-    sparse_variant,
+    service_variant,
     synthetic_histories,
 )
 
@@ -161,18 +165,20 @@ def write_sports_shaped_dataset(directory: Path, seed: int) -> Path:
 
 
 def build_untrained(data_dir: Path, out: Path, seed: int) -> Path:
-    """A random-init LD4MRec artifact for ``data_dir`` (the trainer's signals, no training, no metrics)."""
-    from training.config import TrainConfig
+    """A random-init LD4MRec artifact (default hyperparameters) for ``data_dir``: the model as ``create``
+    builds it (signal basis and user states fixed as the trainer fixes them), no epoch, no metrics."""
+    from model.base import FitContext
+    from model.registry import get_model
+    from training.config import RunConfig
     from training.dataset import load_dataset
     from training.export import export_artifact
-    from training.trainer import TrainResult, prepare_model
+    from training.trainer import TrainResult, training_data
 
     data = load_dataset(data_dir)
-    cfg = TrainConfig(seed=seed, epochs=1)
-    torch.manual_seed(seed)
-    model, basis, signals = prepare_model(data, cfg)
-    result = TrainResult(model=model.eval(), basis=basis, signals=signals, best_epoch=0, metrics={})
-    return export_artifact(result, data, cfg, out)
+    run = RunConfig(seed=seed, epochs=1)
+    cls = get_model(DEFAULT_MODEL)
+    model = cls.create(cls.config_class(), training_data(data), FitContext(seed=seed))
+    return export_artifact(TrainResult(model=model, best_epoch=0, metrics={}), data, run, out)
 
 
 def resolve_artifact(args: argparse.Namespace, log: Log) -> ArtifactChoice:
@@ -188,7 +194,7 @@ def resolve_artifact(args: argparse.Namespace, log: Log) -> ArtifactChoice:
             write_sports_shaped_dataset(data_dir, args.seed)
     trained = CACHE_DIR / f"{data_name}-e1"
     build_note = CACHE_DIR / f"{data_name}-e1.build.json"
-    if (trained / "manifest.json").is_file():
+    if is_current_artifact(trained):
         built = json.loads(build_note.read_text()) if build_note.is_file() else {}
         return ArtifactChoice(
             trained, f"{data_name}, trained 1 epoch (cached {display_path(trained)})", built.get("seconds")
@@ -196,7 +202,7 @@ def resolve_artifact(args: argparse.Namespace, log: Log) -> ArtifactChoice:
     if args.quick:
         untrained = CACHE_DIR / f"{data_name}-untrained"
         t0 = time.perf_counter()
-        if not (untrained / "manifest.json").is_file():
+        if not is_current_artifact(untrained):
             log(f"quick: no cached trained artifact; building an untrained one at {display_path(untrained)}")
             build_untrained(data_dir, untrained, args.seed)
         note = (
@@ -217,14 +223,16 @@ def resolve_artifact(args: argparse.Namespace, log: Log) -> ArtifactChoice:
 
 # -- model limit ---------------------------------------------------------------------------------------------
 def model_workload(art: Artifact) -> Workload:
+    """The artifact's model (as read, on the CPU), its stored user states and training histories."""
     histories = art.train_histories
     return Workload(
-        model=build_model(art, "cpu"),
+        model=art.model,
         histories=histories,
-        signals=art.signals,
+        states=art.user_states,
         users=np.nonzero(np.diff(histories.indptr) > 0)[0],
         source=f"artifact {art.path}",
         weights=f"artifact {art.model_version}",
+        user_ids=art.user_ids,
     )
 
 
@@ -241,8 +249,8 @@ ModelLatencies = dict[tuple[str, int, int], list[float]]  # (precision, torch th
 def measure_model(
     variants: Sequence[Variant], work: Workload, thread_counts: Sequence[int], plan: TimingPlan, seed: int
 ) -> ModelLatencies:
-    """Latencies (s) of ``sparse_<precision>`` requests per (precision, torch threads, batch) for
-    MODEL_BATCHES; the precisions are interleaved on the same requests (``measure_batch_size``)."""
+    """Latencies (s) of the service path's requests (``service_variant``) per (precision, torch threads,
+    batch) for MODEL_BATCHES; the precisions are interleaved on the same requests (``measure_batch_size``)."""
     rng = np.random.default_rng(seed)
     pools = {b: request_pool(work, b, n_batches=16, rng=rng) for b in MODEL_BATCHES}
     out = {}
@@ -945,7 +953,14 @@ def main(argv: Sequence[str] | None = None, log: Log = print) -> dict[str, Any]:
     thread_counts = sorted({1, default_threads} | {c.torch_threads or default_threads for c in configs})
     work = model_workload(art)
     precisions = model_precisions(configs)
-    variants = [sparse_variant(work.model, p) for p in precisions]
+    unserved = [p for p in precisions if p not in art.model.precisions]
+    if unserved:
+        raise SystemExit(
+            f"model {art.model.name} serves precision {', '.join(art.model.precisions)}, "
+            f"not {', '.join(unserved)}"
+        )
+    variants = [service_variant(work.model, work.states, p) for p in precisions]
+    precision_of = {v.name: v.precision for v in variants}
     plan = TimingPlan(warmup=3, budget_s=args.model_budget_s, rounds=2, min_repeats=10)
     model_lat = measure_model(variants, work, thread_counts, plan, args.seed)
     log("model limit (before): " + model_line(model_lat))
@@ -1017,7 +1032,7 @@ def main(argv: Sequence[str] | None = None, log: Log = print) -> dict[str, Any]:
             if p != "fp32"
         },
         **{
-            f"top20_overlap_{name.removeprefix('sparse_')}_vs_fp32": v["top20_overlap_vs_fp32"]
+            f"top20_overlap_{precision_of[name]}_vs_fp32": v["top20_overlap_vs_fp32"]
             for name, v in compared.items()
         },
         "per_config": {
@@ -1057,7 +1072,9 @@ def main(argv: Sequence[str] | None = None, log: Log = print) -> dict[str, Any]:
             "model_version": art.model_version,
             "n_users": art.n_users,
             "n_items": art.n_items,
-            "hidden_dim": art.cnet_config.hidden_dim,
+            "model": art.model.name,
+            "hidden_dim": art.model.config.to_dict().get("hidden_dim"),
+            "model_config": art.model.config.to_dict(),
             "metrics": art.metrics,
         },
         "method": {
@@ -1080,11 +1097,12 @@ def main(argv: Sequence[str] | None = None, log: Log = print) -> dict[str, Any]:
             + "; its CPU time is reported per step",
             "redis": "redis-server on a free loopback port, --save '' --appendonly no; FLUSHDB per "
             "configuration",
-            "model_limit": f"sparse_<precision> for precisions {precisions} (fp32 and every precision "
+            "model_limit": f"{', '.join(precision_of)} (the service path at fp32 and at every precision "
             f"served), batch {MODEL_BATCHES}, torch threads {thread_counts} (bench/model_forward.py "
-            "functions: sparse_variant, measure_batch_size, precisions interleaved on the same requests): "
-            "from_csr + "
-            "model.score + mask_items + top_k(20), in this process before and after the load, pooled; "
+            "functions: service_variant, measure_batch_size, precisions interleaved on the same requests): "
+            "UserBatch.from_csr + "
+            "model.with_precision(p).score + mask_items + top_k(20), in this process before and after the "
+            "load, pooled; "
             "users/s = batch / median; the best thread count is taken",
             "ratios": "per configuration: ratio_service_to_model_same_precision = its max_rps_p99_under_50ms "
             "/ the model's batch-32 users/s at the configuration's precision; ratio_service_to_model = the "
@@ -1116,7 +1134,7 @@ def main(argv: Sequence[str] | None = None, log: Log = print) -> dict[str, Any]:
     log("\nmodel limit (sparse, pooled before+after): " + model_line(model_lat))
     for name, o in compared.items():
         log(
-            f"top-20 {name} vs sparse_fp32 on the served artifact ({overlap_n} users): "
+            f"top-20 {name} vs {variants[0].name} on the served artifact ({overlap_n} users): "
             f"mean overlap {o['top20_overlap_vs_fp32']:.4f}, min {o['min_top20_overlap']:.2f}, identical "
             f"{o['identical_top20_share']:.3f}"
         )

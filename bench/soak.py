@@ -19,7 +19,8 @@ last 10 s). The service is stopped with SIGTERM at the end and must exit 0.
     python bench/soak.py --artifact DIR --rate 80 --duration 300
 
 The last stdout line is one JSON object (the headline). Without ``--artifact``, ``artifacts/demo`` is used
-when it exists, else a demo artifact is trained into a temporary directory (about a minute).
+when it exists in the current artifact format, else a demo artifact is trained into a temporary directory
+(about a minute). ``--artifact`` may be an artifact of any registered model.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ import httpx
 import torch
 
 from _machine import display_path, loadavg, machine_info, write_json
+from _serve_stack import is_current_artifact
 
 __all__ = ["ServiceStack", "percentiles", "rss_kib"]
 
@@ -166,9 +168,10 @@ class ServiceStack:
 
 
 def demo_artifact(workdir: Path) -> Path:
-    """``artifacts/demo`` when it exists, else a demo artifact trained into ``workdir``."""
+    """``artifacts/demo`` when it exists in the current format, else a demo artifact trained into
+    ``workdir`` (LD4MRec, 5 epochs)."""
     existing = REPO / "artifacts" / "demo"
-    if (existing / "manifest.json").is_file():
+    if is_current_artifact(existing):
         return existing
     out = workdir / "demo"
     print(f"training a demo artifact into {out} ...", file=sys.stderr)

@@ -6,6 +6,7 @@ runs are flagged as capped, that the same seed and config train the same model i
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ SCRIPT = BENCH / "paper_analyses.py"
 sys.path.insert(0, str(BENCH))
 
 from paper_analyses import (  # noqa: E402
+    make_setup,
     parse_overrides,
     sample_fake_pairs,
     sensitivity_points,
@@ -51,8 +53,8 @@ def _run(analysis: str, data: Path, results: Path, extra: list[str], trains: boo
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     headline = json.loads(proc.stdout.strip().splitlines()[-1])
     assert headline["analysis"] == analysis and headline["dataset"] == data.name
-    if trains:  # every training logs its epochs through the trainer's logger
-        assert "epoch 1 loss" in proc.stderr and "valid recall@20" in proc.stderr
+    if trains:  # every training logs its epochs (losses, valid metrics) through the trainer's logger
+        assert re.search(r"epoch 1 .*loss.* valid .*recall@20=", proc.stderr), proc.stderr[-3000:]
     return headline
 
 
@@ -71,6 +73,7 @@ def test_every_subcommand_writes_json_and_headline(synthetic_dir: Path, tmp_path
         headline, payload = out[analysis]
         assert headline["capped"] is True and payload["protocol"]["capped"] is True
         assert payload["base_config"]["epochs"] == 2 and payload["overrides"]["epochs"] == 2
+        assert payload["base_config"]["hidden_dim"] == 16 and payload["model_name"] == "ld4mrec"
 
     inference = out["inference"][1]
     names = [r["variant"] for r in inference["results"]]
@@ -115,7 +118,9 @@ def test_every_subcommand_writes_json_and_headline(synthetic_dir: Path, tmp_path
     assert all(len(r["seconds"]) == 2 for r in out["epoch-time"][1]["results"])
 
 
-def test_inference_from_artifact(synthetic_dir: Path, tiny_artifact: Path, tmp_path: Path) -> None:
+def test_inference_from_artifact(
+    synthetic_dir: Path, tiny_artifact: Path, tiny_ease_artifact: Path, tmp_path: Path
+) -> None:
     extra = ["--artifact", str(tiny_artifact), "--set", "threads=1", *TIMING]
     headline = _run("inference", synthetic_dir, tmp_path, extra, trains=False)
     payload = json.loads(Path(headline["json"]).read_text(encoding="utf-8"))
@@ -124,6 +129,8 @@ def test_inference_from_artifact(synthetic_dir: Path, tiny_artifact: Path, tmp_p
     assert payload["single_step_matches_trainer_test"] is True
     refused = _invoke("inference", synthetic_dir, tmp_path, [*extra, "--set", "use_cg=false"])
     assert refused.returncode != 0 and "only --set" in refused.stderr
+    other = _invoke("inference", synthetic_dir, tmp_path, ["--artifact", str(tiny_ease_artifact), *TIMING])
+    assert other.returncode != 0 and "need an ld4mrec model, not ease" in other.stderr
 
 
 def test_fake_interactions_are_new_distinct_and_nested(synthetic_data: InteractionData) -> None:
@@ -149,11 +156,19 @@ def test_sensitivity_points_and_overrides() -> None:
         (0.01, 0.1),
     ]
     assert len(sensitivity_points((0.01, 0.01), [0.001, 0.01], [0.01, 0.1], grid=True)) == 4
-    assert parse_overrides(["use_cg=false", "lr=1e-3", "steps=10", "loss=mse"]) == {
+    # LD4MRecConfig and RunConfig keys alike, typed by their field
+    assert parse_overrides(["use_cg=false", "lr=1e-3", "steps=10", "threads=1", "signal-source=full"]) == {
         "use_cg": False,
         "lr": 1e-3,
         "steps": 10,
-        "loss": "mse",
+        "threads": 1,
+        "signal_source": "full",
     }
-    with pytest.raises(SystemExit):
-        parse_overrides(["no_such_option=1"])
+    for bad in ("no_such_option=1", "loss=mse", "use_cg=maybe", "steps=ten", "lr"):  # loss: a removed switch
+        with pytest.raises(SystemExit):
+            parse_overrides([bad])
+    setup = make_setup(parse_overrides(["use_cg=false", "epochs=3"]))
+    assert setup.model.use_cg is False and setup.run.epochs == 3
+    assert setup.diff() == {"epochs": 3, "use_cg": False}
+    with pytest.raises(SystemExit, match="inference_step"):
+        make_setup({"steps": 1, "inference_step": 2})  # validated on the combined values

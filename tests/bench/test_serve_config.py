@@ -1,8 +1,10 @@
 """``--config`` of bench/serve_load.py (``_serve_stack.ServiceConfig``): the 3-field form serves fp32, the
-optional 4th field is the precision passed to the service as ``LD4MREC_PRECISION``."""
+optional 4th field is the precision passed to the service as ``LD4MREC_PRECISION``; and which cached
+artifacts the bench scripts reuse (``_serve_stack.is_current_artifact``)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from _serve_stack import ServiceConfig  # noqa: E402
+from _serve_stack import ServiceConfig, is_current_artifact  # noqa: E402
 
 
 def test_three_fields_serve_fp32() -> None:
@@ -39,3 +41,14 @@ def test_fourth_field_is_the_precision() -> None:
 def test_malformed_configs_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="MAX_BATCH:MAX_WAIT_MS:TORCH_THREADS"):
         ServiceConfig.parse(text)
+
+
+def test_only_artifacts_of_the_current_format_are_reused(tiny_artifact: Path, tmp_path: Path) -> None:
+    assert is_current_artifact(tiny_artifact)
+    assert not is_current_artifact(tmp_path)  # no manifest
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "manifest.json").write_text(json.dumps({"format_version": 1}), encoding="utf-8")
+    assert not is_current_artifact(old)
+    (old / "manifest.json").write_text("{not json", encoding="utf-8")
+    assert not is_current_artifact(old)

@@ -27,38 +27,40 @@ HEADLINE_KEYS = {
 }
 
 
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+SHORT = [
+    "--quick",
+    "--start-rps",
+    "20",
+    "--max-steps",
+    "1",
+    "--refine",
+    "0",
+    "--step-s",
+    "0.5",
+    "--min-requests",
+    "1",
+    "--clients",
+    "2",
+    "--warmup-s",
+    "0.3",
+    "--model-budget-s",
+    "0.1",
+    "--overlap-users",
+    "64",
+    "--no-profile",
+]
+NO_REDIS = shutil.which("redis-server") is None
+
+
+def _run(artifact: Path, config: str, out: Path) -> subprocess.CompletedProcess[str]:
+    args = [*SHORT, "--artifact", str(artifact), "--config", config, "--out", str(out)]
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(NO_REDIS, reason="redis-server is not installed")
 def test_short_run_on_tiny_artifact_writes_headline_json_and_png(tiny_artifact: Path, tmp_path: Path) -> None:
     out = tmp_path / "serve_load.json"
-    args = [
-        "--quick",
-        "--artifact",
-        str(tiny_artifact),
-        "--config",
-        "8:2:1:int8",
-        "--start-rps",
-        "20",
-        "--max-steps",
-        "1",
-        "--refine",
-        "0",
-        "--step-s",
-        "0.5",
-        "--min-requests",
-        "1",
-        "--clients",
-        "2",
-        "--warmup-s",
-        "0.3",
-        "--model-budget-s",
-        "0.1",
-        "--overlap-users",
-        "64",
-        "--no-profile",
-        "--out",
-        str(out),
-    ]
-    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
+    proc = _run(tiny_artifact, "8:2:1:int8", out)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
     headline = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -71,6 +73,7 @@ def test_short_run_on_tiny_artifact_writes_headline_json_and_png(tiny_artifact: 
 
     payload = json.loads(out.read_text(encoding="utf-8"))
     assert payload["headline"] == headline
+    assert payload["artifact"]["model"] == "ld4mrec" and payload["artifact"]["hidden_dim"] == 64
     (config,) = payload["configs"]
     assert config["precision"] == "int8" and config["settings"]["LD4MREC_PRECISION"] == "int8"
     assert {(r["precision"], r["batch"]) for r in payload["model_limit"]} == {
@@ -104,3 +107,23 @@ def test_short_run_on_tiny_artifact_writes_headline_json_and_png(tiny_artifact: 
     for pid in payload["pids"]:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.skipif(NO_REDIS, reason="redis-server is not installed")
+def test_another_model_is_served_and_measured(tiny_ease_artifact: Path, tmp_path: Path) -> None:
+    """EASE behind the same service: its model limit is its own score path; int8 (not an EASE precision) is
+    refused before anything starts."""
+    out = tmp_path / "serve_load.json"
+    proc = _run(tiny_ease_artifact, "8:2:1", out)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    headline = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert headline["errors"] == 0 and headline["best_precision"] == "fp32"
+    assert headline["model_users_per_s_batch32"] > 0
+    payload = json.loads(out.read_text(encoding="utf-8"))
+    assert payload["artifact"]["model"] == "ease" and payload["artifact"]["hidden_dim"] is None
+    assert {(r["precision"], r["batch"]) for r in payload["model_limit"]} == {("fp32", 1), ("fp32", 32)}
+    assert payload["precision_vs_fp32"] is None
+
+    refused = _run(tiny_ease_artifact, "8:2:1:int8", tmp_path / "refused.json")
+    assert refused.returncode != 0 and "model ease serves precision fp32, not int8" in refused.stderr
+    assert not (tmp_path / "refused.json").exists()
