@@ -122,7 +122,7 @@ class LD4MRec(Recommender):
         active = np.diff(data.train.indptr) > 0
         s = torch.from_numpy(signals[active])
         net.cnet.set_signal_stats(s.mean(dim=0), s.std(dim=0))
-        net.to(ctx.device)
+        net.to(ctx.device).eval()  # fit_epoch switches to training mode and back
         model = cls(cfg, net, basis, signals)
         model._fit = _FitState(
             optimizer=torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
