@@ -2,8 +2,12 @@
 
 ``DIR/<name>.inter``: tab-separated, header with at least ``userID``, ``itemID``, ``x_label``
 (0-based integer ids; x_label 0 = train, 1 = valid, 2 = test). ``DIR/<modality>_feat.npy``: one float
-row per item id, one file per modality. Every problem raises :class:`DatasetError` naming the file and,
-where there is one, the line or row.
+row per item id, one file per modality. Optional ``DIR/user_ids.txt`` and ``DIR/item_ids.txt`` (written by
+``ld4mrec-convert``, format in :mod:`training.idmap`) give the external ids; without them the external id of
+internal id *i* is ``str(i)``. Every problem raises :class:`DatasetError` naming the file and, where there
+is one, the line or row. The valid and test splits must each have at least one evaluable user (one
+training and one held-out interaction): an empty one is refused, since neither epoch selection nor the
+reported metrics could be computed.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
+
+from training.evaluate import DEFAULT_KS, evaluable_users
+from training.idmap import ITEM_IDS_FILE, USER_IDS_FILE, IdFileError, read_id_file
 
 __all__ = ["DatasetError", "InteractionData", "load_dataset", "find_inter_file"]
 
@@ -175,6 +182,41 @@ def _split_matrix(
     return m
 
 
+def _external_ids(path: Path, n: int) -> tuple[str, ...]:
+    """The ids in ``path`` when it exists (validated: ``n`` unique ids), else ``"0" .. str(n - 1)``."""
+    if not path.is_file():
+        return tuple(str(i) for i in range(n))
+    try:
+        return read_id_file(path, n)
+    except IdFileError as exc:
+        raise DatasetError(str(exc)) from None
+
+
+def _check_evaluable(inter: Path, data: InteractionData) -> None:
+    """Refuse a valid or test split without evaluable users; warn about cut-offs beyond the catalogue."""
+    for label, split in ((1, data.valid), (2, data.test)):
+        if len(evaluable_users(data.train, split)) == 0:
+            name = SPLITS[label]
+            detail = (
+                f"no interactions with x_label {label}"
+                if split.nnz == 0
+                else f"its {split.nnz} interaction(s) belong to users without training interactions"
+            )
+            raise DatasetError(
+                f"{inter}: the {name} split is empty ({detail}); every evaluation needs users with at least "
+                f"one train and one {name} interaction (ld4mrec-convert makes such splits)"
+            )
+    beyond = [k for k in DEFAULT_KS if k >= data.n_items]
+    if beyond:
+        log.warning(
+            "%s: the catalogue has %d items, not more than the metric cut-off(s) %s: those rank the whole "
+            "catalogue, so recall@K is 1.0 for any model there (training/evaluate.py)",
+            inter,
+            data.n_items,
+            ", ".join(map(str, beyond)),
+        )
+
+
 def load_dataset(directory: str | Path, modalities: list[str] | None = None) -> InteractionData:
     """Load and validate ``DIR``; ``modalities`` picks and orders feature files (default: all, sorted)."""
     directory = Path(directory)
@@ -207,8 +249,9 @@ def load_dataset(directory: str | Path, modalities: list[str] | None = None) -> 
         test=_split_matrix(users, items, labels == 2, shape),
         modality_names=tuple(names),
         modality_features=features,
-        user_ids=tuple(str(u) for u in range(n_users)),
-        item_ids=tuple(str(i) for i in range(n_items)),
+        user_ids=_external_ids(directory / USER_IDS_FILE, n_users),
+        item_ids=_external_ids(directory / ITEM_IDS_FILE, n_items),
     )
+    _check_evaluable(inter, data)
     log.info("loaded %s from %s", data.summary(), directory)
     return data

@@ -3,6 +3,10 @@
 Every item is ranked; only *training* items are masked; users with at least one item in the evaluated
 split and at least one training item are evaluated. Recall@K = hits / |T_u|; NDCG@K uses binary gains
 ``1 / log2(rank + 1)`` and the ideal DCG over ``min(|T_u|, K)`` positions. Ties rank the lower item id first.
+
+A cut-off K above the catalogue size n is defined as the whole ranking: the list holds all n items (there
+are no more), so Recall@K = Recall@n and NDCG@K = NDCG@n. Every held-out item is then in the list, so
+Recall@K is 1.0 for any model: such a metric carries no information (the dataset loader warns).
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ def metrics_from_rankings(
     """Per-user metrics.
 
     Args:
-        rankings: (B, >= max(ks)) item ids, best first.
+        rankings: (B, L) item ids, best first; L >= max(ks), or L < max(ks) when the catalogue has only
+            L items (positions beyond L count as misses: see the module docstring).
         targets: B arrays of held-out item ids (each non-empty).
     Returns:
         ``{"recall@K": (B,), "ndcg@K": (B,)}`` for each K.
@@ -45,7 +50,8 @@ def metrics_from_rankings(
     hits = np.zeros((len(targets), max_k), dtype=np.float64)
     n_targets = np.empty(len(targets), dtype=np.float64)
     for row, (ranked, target) in enumerate(zip(rankings, targets, strict=True)):
-        hits[row] = np.isin(ranked[:max_k], target)
+        listed = ranked[:max_k]
+        hits[row, : len(listed)] = np.isin(listed, target)
         n_targets[row] = len(target)
     discounts = 1.0 / np.log2(np.arange(2, max_k + 2))
     out: dict[str, np.ndarray] = {}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from training.dataset import DatasetError, load_dataset
+from training.idmap import MAX_ID_LENGTH
 from training.synthetic import SyntheticSpec, write_synthetic_dataset
 
 
@@ -34,9 +35,9 @@ def test_loads_splits_modalities_in_sorted_order(tmp_path: Path) -> None:
 
 
 def test_extra_columns_and_column_order_are_accepted(tmp_path: Path) -> None:
-    inter = "timestamp\tx_label\titemID\tuserID\n5\t0\t0\t0\n6\t2\t1\t0\n"
+    inter = "timestamp\tx_label\titemID\tuserID\n5\t0\t0\t0\n6\t2\t1\t0\n7\t1\t2\t0\n"
     data = load_dataset(_write(tmp_path / "cols", inter))
-    assert data.train.nnz == 1 and data.test.nnz == 1
+    assert data.train.nnz == 1 and data.valid.nnz == 1 and data.test.nnz == 1
 
 
 @pytest.mark.parametrize(
@@ -115,3 +116,61 @@ def test_synthetic_generator_is_seeded_and_loadable(tmp_path: Path) -> None:
     assert data.n_items == 40 and data.modality_names == ("image", "text")
     assert data.valid.nnz > 0 and data.test.nnz > 0
     assert (np.diff(data.train.indptr) > 0).sum() >= 45
+
+
+@pytest.mark.parametrize(
+    ("inter", "message"),
+    [
+        (
+            "userID\titemID\tx_label\n0\t0\t0\n0\t1\t2\n",
+            r"toy.inter: the valid split is empty \(no interactions with x_label 1\)",
+        ),
+        (
+            "userID\titemID\tx_label\n0\t0\t0\n0\t1\t1\n",
+            r"toy.inter: the test split is empty \(no interactions with x_label 2\)",
+        ),
+        (  # user 1 has a test item but no training item: nobody can be evaluated on test
+            "userID\titemID\tx_label\n0\t0\t0\n0\t1\t1\n1\t2\t2\n",
+            r"the test split is empty \(its 1 interaction\(s\) belong to users without training",
+        ),
+    ],
+)
+def test_a_split_without_evaluable_users_is_refused(tmp_path: Path, inter: str, message: str) -> None:
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(_write(tmp_path / "toy", inter))
+
+
+def test_external_ids_are_read_from_the_id_files(tmp_path: Path) -> None:
+    d = _write(tmp_path / "toy", GOOD)
+    assert load_dataset(d).user_ids == ("0", "1") and load_dataset(d).item_ids == ("0", "1", "2")
+    (d / "user_ids.txt").write_text("user_3\nuser é 7\n", encoding="utf-8")
+    (d / "item_ids.txt").write_text("song_17\nsong,2\nsong/9\n", encoding="utf-8")
+    data = load_dataset(d)
+    assert data.user_ids == ("user_3", "user é 7")
+    assert data.item_ids == ("song_17", "song,2", "song/9")
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "message"),
+    [
+        ("user_ids.txt", "a\n", r"user_ids.txt: 1 ids, but the interactions have 2"),
+        ("item_ids.txt", "a\nb\nc\nd\n", r"item_ids.txt: 4 ids, but the interactions have 3"),
+        ("item_ids.txt", "a\nb\na\n", r"item_ids.txt: line 3: duplicate id 'a' \(first on line 1\)"),
+        ("user_ids.txt", "a\n\n", r"user_ids.txt: line 2: id '' is empty"),
+        ("user_ids.txt", "a\r\nb\r\n", r"user_ids.txt: line 1: id 'a\\r' contains the control character"),
+        ("user_ids.txt", "a\tx\nb\n", r"user_ids.txt: line 1: id 'a\\tx' contains the control character"),
+        ("user_ids.txt", " a\nb\n", r"user_ids.txt: line 1: id ' a' has leading or trailing whitespace"),
+        ("user_ids.txt", "a\n" + "b" * (MAX_ID_LENGTH + 1) + "\n", r"line 2: .* is longer than 256"),
+        ("user_ids.txt", b"a\n\xff\n", r"user_ids.txt: not UTF-8 text \(byte 2\)"),
+    ],
+)
+def test_malformed_id_files_are_refused(
+    tmp_path: Path, file: str, content: str | bytes, message: str
+) -> None:
+    d = _write(tmp_path / "toy", GOOD)
+    if isinstance(content, bytes):
+        (d / file).write_bytes(content)
+    else:
+        (d / file).write_text(content, encoding="utf-8", newline="")
+    with pytest.raises(DatasetError, match=message):
+        load_dataset(d)

@@ -48,6 +48,29 @@ def test_training_items_are_masked_ties_go_to_lower_id_and_users_are_filtered() 
     assert result["ndcg@2"] == pytest.approx(1.0)
 
 
+def test_cut_offs_beyond_the_catalogue_rank_the_whole_catalogue() -> None:
+    # 4 items, user 0 trained on item 0: the ranking after masking is 3, 1, 2, then the masked 0.
+    train = _csr([[0]], 4)
+    test = _csr([[2]], 4)
+    scores = torch.tensor([[9.0, 2.0, 1.0, 3.0]])
+    result = evaluate(lambda u: scores[: len(u)], train, test, ks=(2, 3, 10, 50))
+    assert result["recall@2"] == 0.0
+    assert result["recall@3"] == pytest.approx(1.0)
+    assert result["ndcg@3"] == pytest.approx(1 / math.log2(4))  # hit at rank 3, ideal: one hit at rank 1
+    # K = 10 and 50 exceed the 4 items: the same list as K = 4, so the same values as K = 3 here.
+    for k in (10, 50):
+        assert result[f"recall@{k}"] == pytest.approx(1.0)
+        assert result[f"ndcg@{k}"] == pytest.approx(result["ndcg@3"])
+
+
+def test_short_rankings_count_missing_positions_as_misses() -> None:
+    m = metrics_from_rankings(np.array([[1, 0, 2]]), [np.array([2, 5])], ks=(2, 50))
+    assert m["recall@2"][0] == 0.0
+    assert m["recall@50"][0] == pytest.approx(0.5)
+    ideal = 1 + 1 / math.log2(3)
+    assert m["ndcg@50"][0] == pytest.approx((1 / math.log2(4)) / ideal)
+
+
 SHARED = Path(os.environ.get("LD4MREC_DATASETS", Path(__file__).resolve().parents[3] / "shared" / "datasets"))
 
 # ANCHORS.md, "Protocol conformance: item popularity" (R@10, R@20, R@50, N@10, N@20, N@50).
