@@ -122,7 +122,7 @@ def write_synthetic_log(
     items, affinity = _latent(spec, rng)
     user_names = [f"user_{n}" for n in rng.permutation(spec.n_users) + 1]
     item_names = [f"song_{n}" for n in rng.permutation(spec.n_items) + 1]
-    rows = []
+    rows: list[tuple[int, int, int]] = []  # (timestamp, user, item)
     for u in range(spec.n_users):
         clicked = _clicks(spec, affinity[u], rng)
         times = start_time + np.cumsum(rng.integers(60, 86_400, size=len(clicked)))

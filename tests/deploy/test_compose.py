@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from .stack_files import (
 STACK_VARIABLES = (
     "GRAFANA_ADMIN_PASSWORD",
     "GRAFANA_ADMIN_USER",
+    "GRAFANA_BIND",
     "DATASET",
     "DATASET_DIR",
     "RETRAIN",
@@ -113,12 +115,67 @@ def test_compose_config_with_gpu_override_is_valid() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def test_grafana_admin_password_is_required(tmp_path: Path) -> None:
-    empty = tmp_path / "empty.env"
-    empty.write_text("")
-    result = compose("config", "-q", env_file=empty)
-    assert result.returncode != 0
-    assert "GRAFANA_ADMIN_PASSWORD" in result.stderr
+def fresh_clone(tmp_path: Path) -> Path:
+    """The deployment files as a fresh clone has them: compose files, docker/, .env.example, no .env."""
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    for file in (COMPOSE_FILE, COMPOSE_GPU_FILE, ENV_EXAMPLE):
+        shutil.copy(file, clone / file.name)
+    shutil.copytree(REPO / "docker", clone / "docker")
+    return clone
+
+
+def compose_without_env(clone: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``docker-compose ARGS`` run in ``clone`` as a user would: no --env-file, no stack variables set."""
+    env = {k: v for k, v in os.environ.items() if k not in STACK_VARIABLES}
+    return subprocess.run(
+        [require_binary("docker-compose"), *args],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_fresh_clone_needs_no_env_file(tmp_path: Path) -> None:
+    clone = fresh_clone(tmp_path)
+    assert not (clone / ".env").exists()
+    for files in ((), ("-f", "docker-compose.yml", "-f", "docker-compose.gpu.yml")):
+        result = compose_without_env(clone, *files, "config", "-q")
+        assert result.returncode == 0, result.stderr
+    result = compose_without_env(clone, "config")
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    # safe defaults: Grafana's default password only on loopback, like Prometheus
+    grafana = services["grafana"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "admin"
+    assert published_ports(grafana) == [("127.0.0.1", 3000, 3000)]
+    assert published_ports(services["prometheus"]) == [("127.0.0.1", 9090, 9090)]
+    assert services["trainer"]["environment"]["DATASET"] == "demo"
+
+
+def run_grafana_entrypoint(services: dict[str, Any], tmp_path: Path, password: str) -> str:
+    """Grafana's resolved entrypoint run by /bin/sh with ``/run.sh`` replaced by a no-op; returns stderr."""
+    entrypoint = services["grafana"]["entrypoint"]
+    assert entrypoint[:2] == ["sh", "-c"] and "exec /run.sh" in entrypoint[2]
+    script = entrypoint[2].replace("$$", "$").replace("exec /run.sh", "exec true")
+    env = {"PATH": "/usr/bin:/bin", "GF_SECURITY_ADMIN_PASSWORD": password}
+    env |= {"GRAFANA_BIND": services["grafana"]["environment"]["GRAFANA_BIND"]}
+    result = subprocess.run(
+        ["/bin/sh", "-c", script, *entrypoint[3:]], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stderr
+
+
+def test_grafana_warns_while_its_password_is_the_default(tmp_path: Path) -> None:
+    result = compose_without_env(fresh_clone(tmp_path), "config")
+    services = yaml.safe_load(result.stdout)["services"]
+    warning = run_grafana_entrypoint(services, tmp_path, "admin")
+    assert "WARNING: Grafana's admin password is the default 'admin'" in warning
+    assert "published on 127.0.0.1" in warning and "GRAFANA_ADMIN_PASSWORD" in warning
+    assert run_grafana_entrypoint(services, tmp_path, "s3cret-Passw0rd") == ""
 
 
 def test_stack_has_the_five_services(services: dict[str, Any]) -> None:
@@ -248,9 +305,7 @@ def run_trainer_command(services: dict[str, Any], tmp_path: Path, env: dict[str,
 def test_trainer_trains_once_then_skips_unless_retrain(services: dict[str, Any], tmp_path: Path) -> None:
     out = f"{tmp_path}/artifacts/current"
     defaults = {"DATASET": "demo", "RETRAIN": "0", "LD4MREC_DEVICE": "cpu"}
-    assert (
-        run_trainer_command(services, tmp_path, defaults) == f"--data demo --out {out} --device cpu --quiet"
-    )
+    assert run_trainer_command(services, tmp_path, defaults) == f"--data demo --out {out} --device cpu"
     Path(out).mkdir(parents=True)
     (Path(out) / "manifest.json").write_text("{}")
     assert run_trainer_command(services, tmp_path, defaults) == "", "an existing artifact is kept"
@@ -262,5 +317,5 @@ def test_trainer_trains_once_then_skips_unless_retrain(services: dict[str, Any],
     }
     assert (
         run_trainer_command(services, tmp_path, retrain)
-        == f"--data /data/mydata --out {out} --device cuda --quiet --epochs 30 --lr 0.01"
+        == f"--data /data/mydata --out {out} --device cuda --epochs 30 --lr 0.01"
     )
