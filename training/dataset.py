@@ -210,10 +210,11 @@ def _check_evaluable(inter: Path, data: InteractionData) -> None:
     if beyond:
         log.warning(
             "%s: the catalogue has %d items, not more than the metric cut-off(s) %s: those rank the whole "
-            "catalogue, so recall@K is 1.0 for any model there (training/evaluate.py)",
+            "catalogue, so recall@K is 1.0 for any model there%s (README: Small catalogues)",
             inter,
             data.n_items,
             ", ".join(map(str, beyond)),
+            "; valid recall@20 cannot choose the epoch" if 20 in beyond else "",
         )
 
 
