@@ -21,7 +21,7 @@ from service.settings import Settings
 from tests.service.helpers import Offline, assert_same_ranking, running_client
 from training.cli import main as train_main
 from training.convert import main as convert_main
-from training.synthetic import SyntheticSpec, write_synthetic_log
+from training.synthetic import EXAMPLE_LOG_SPEC, SyntheticSpec, write_synthetic_log
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_TRAIN = [
@@ -121,3 +121,11 @@ def test_readme_own_data_in_three_commands(tmp_path: Path, monkeypatch: pytest.M
     catalogue = {row["item"] for row in csv.DictReader((tmp_path / "examples" / "clicks.csv").open())}
     items = [it["item_id"] for it in response.json()["items"]]
     assert items and set(items) <= catalogue
+
+
+def test_the_example_files_are_the_generators_output(tmp_path: Path) -> None:
+    clicks, features = write_synthetic_log(tmp_path, EXAMPLE_LOG_SPEC)
+    for path in (clicks, *features):
+        assert (REPO / "examples" / path.name).read_text() == path.read_text(), f"regenerate {path.name}"
+    written = sorted(p.name for p in (clicks, *features))
+    assert sorted(p.name for p in (REPO / "examples").iterdir()) == written
