@@ -19,6 +19,8 @@ SMALL_SPEC = SyntheticSpec(
 )
 TINY_LD4MREC: dict[str, Any] = dict(hidden_dim=64, svd_rank=16, batch_size=64, lr=1e-3)
 TINY_RUN: dict[str, Any] = dict(epochs=30, patience=10, threads=1)
+TINY_DEMO_ARGS = ["--epochs", "3", "--hidden-dim", "32", "--svd-rank", "8", "--threads", "1", "--quiet"]
+"""`ld4mrec-train --data demo` options for a demo artifact trained in seconds (for the README's examples)."""
 
 
 @pytest.fixture(scope="session")
@@ -38,3 +40,14 @@ def tiny_artifact(synthetic_data: InteractionData, tmp_path_factory: pytest.Temp
     run = RunConfig(**TINY_RUN)
     result = train(synthetic_data, "ld4mrec", LD4MRecConfig(**TINY_LD4MREC), run, progress=False)
     return export_artifact(result, synthetic_data, run, tmp_path_factory.mktemp("artifacts") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def demo_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``artifacts/demo`` under a fresh directory, trained by the CLI as ``make demo`` does, on the built-in
+    demo data, with tiny settings (read-only for tests)."""
+    from training.cli import main as train_cli
+
+    out = tmp_path_factory.mktemp("project") / "artifacts" / "demo"
+    assert train_cli(["--data", "demo", "--out", str(out), *TINY_DEMO_ARGS]) == 0
+    return out

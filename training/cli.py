@@ -16,12 +16,13 @@ from model.artifact import ArtifactError
 from model.base import ConfigError, ModelConfig
 from model.registry import DEFAULT_MODEL, get_model, model_names
 from training.config import RunConfig
+from training.curve import CURVE_FILE, curve_files
 from training.dataset import DatasetError, InteractionData, load_dataset
 from training.export import export_artifact
 from training.synthetic import SyntheticSpec, write_synthetic_dataset
 from training.trainer import train
 
-__all__ = ["main", "build_parser"]
+__all__ = ["DEMO", "build_parser", "load_data", "main"]
 
 log = logging.getLogger("ld4mrec.train")
 
@@ -87,7 +88,9 @@ def _config(config_class: type[ModelConfig], args: argparse.Namespace) -> Any:
     return config_class.from_dict(values)
 
 
-def _load(data_arg: str, modalities: list[str] | None, workdir: Path) -> InteractionData:
+def load_data(data_arg: str, modalities: list[str] | None, workdir: Path) -> InteractionData:
+    """The dataset of a ``--data`` argument: a directory, or ``demo`` (the built-in synthetic dataset, written
+    into ``workdir``; the same seeded data every time)."""
     if data_arg == DEMO:
         directory = write_synthetic_dataset(workdir / DEMO, SyntheticSpec())
         return load_dataset(directory, modalities)
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     modalities = [m for m in args.modalities.split(",") if m] if args.modalities else None
     with tempfile.TemporaryDirectory(prefix="ld4mrec-") as tmp:
         try:
-            data = _load(args.data, modalities, Path(tmp))
+            data = load_data(args.data, modalities, Path(tmp))
         except DatasetError as exc:
             print(f"ld4mrec-train: dataset error: {exc}", file=sys.stderr)
             return 2
@@ -122,10 +125,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ld4mrec-train: cannot train {model_name}: {exc}", file=sys.stderr)
             return 2
         try:
-            path = export_artifact(result, data, run, args.out)
+            extra_files = curve_files(result, data.name)
+            path = export_artifact(result, data, run, args.out, extra_files=extra_files)
         except ArtifactError as exc:
             print(f"ld4mrec-train: cannot write artifact: {exc}", file=sys.stderr)
             return 2
+    if CURVE_FILE in extra_files:
+        log.info("training curve: %s", path / CURVE_FILE)
     test = result.metrics["test"]
     log.info(
         "done: %s, test recall@20 %.4f ndcg@20 %.4f; artifact at %s (manifest: %s)",
