@@ -19,8 +19,9 @@ from model.base import Recommender, UserBatch
 from model.ranking import top_k
 from model.registry import MODELS, get_model
 from service.engine import Engine, ScoringRequest
+from training.artifact_eval import evaluate_artifact
 from training.config import RunConfig
-from training.dataset import InteractionData
+from training.dataset import InteractionData, load_dataset
 from training.export import export_artifact
 from training.trainer import TrainResult, train
 
@@ -157,3 +158,14 @@ def test_truncated_or_altered_array_is_refused(trained: Trained, tmp_path: Path)
         with pytest.raises(ArtifactError, match=name) as info:
             read_artifact(copy)
         assert info.value.path == copy / name
+
+
+def test_evaluating_the_artifact_reproduces_its_manifest_metrics(
+    trained: Trained, synthetic_dir: Path
+) -> None:
+    """ld4mrec-eval's computation, for every model: exact on the dataset the artifact was trained on."""
+    art = read_artifact(trained.path)
+    result = evaluate_artifact(art, load_dataset(synthetic_dir, []), batch_size=RUN.eval_batch_size)
+    assert result.changed_users == 0 and not result.notes
+    assert result.metrics == json.loads((trained.path / "manifest.json").read_text())["metrics"]
+
