@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
+from model.api import ScoredItem, TrainedRecommender
 from model.artifact import ArtifactError, read_artifact
 from model.base import Recommender, UserBatch
 from model.ranking import top_k
@@ -169,3 +171,28 @@ def test_evaluating_the_artifact_reproduces_its_manifest_metrics(
     assert result.changed_users == 0 and not result.notes
     assert result.metrics == json.loads((trained.path / "manifest.json").read_text())["metrics"]
 
+
+def _top(scores: torch.Tensor, masked: np.ndarray, item_ids: tuple[str, ...], k: int) -> list[ScoredItem]:
+    scores = scores.clone()
+    scores[torch.from_numpy(masked.astype(np.int64))] = float("-inf")
+    values, ids = top_k(scores[None, :], k, stable=True)
+    return [
+        ScoredItem(item_ids[i], float(v)) for i, v in zip(ids[0].tolist(), values[0].tolist(), strict=True)
+    ]
+
+
+def test_python_api_answers_are_the_models_top_scores(trained: Trained) -> None:
+    """model/api.py, for every model: recommend = the stored user's top scores without their history;
+    similar_items = the top scores of the one-item history folded in as a new user, without the item."""
+    rec = TrainedRecommender(read_artifact(trained.path))
+    art = rec.artifact
+    for user in (0, 7, 123):
+        scores = _scores(art.model, art.train_histories, np.array([user]), art.user_states)[0]
+        expected = _top(scores, art.train_histories[user].indices, art.item_ids, 20)
+        assert rec.recommend(art.user_ids[user], k=20) == expected
+    for item in (0, 11, art.n_items - 1):
+        history = sp.csr_matrix(([1.0], [item], [0, 1]), shape=(1, art.n_items), dtype=np.float32)
+        batch = UserBatch.from_csr(history, np.array([-1]), art.model.fold_in(history), art.model.device)
+        with torch.inference_mode():
+            cold = art.model.score(batch)[0]
+        assert rec.similar_items(art.item_ids[item], k=10) == _top(cold, np.array([item]), art.item_ids, 10)
