@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 import numpy as np
-import scipy.linalg.lapack as lapack
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
@@ -63,7 +62,8 @@ class EASEConfig(ModelConfig):
 
 
 def ease_memory_bytes(n_items: int) -> int:
-    """Peak bytes of a fit: the float64 Gram matrix, its float64 working copy, two float32 B matrices."""
+    """Peak bytes of a fit: three float64 items x items matrices (the Gram matrix, its factor, the inverse;
+    two at a time beside the Gram matrix) and two float32 B matrices (the current and the best)."""
     return 24 * n_items * n_items
 
 
@@ -120,12 +120,12 @@ class EASE(Recommender):
         """For each lambda of the grid, the closed form, scored on valid; keeps the best (recall@20)."""
         assert isinstance(self.config, EASEConfig)
         x = sp.csr_matrix(data.train, dtype=np.float64)
-        gram = np.asarray((x.T @ x).toarray(), dtype=np.float64, order="F")
+        gram = torch.from_numpy((x.T @ x).toarray()).to(self.device)
         states = np.zeros((self.n_users, 0), dtype=np.float32)
         best: tuple[float, float, torch.Tensor] | None = None
         by_l2: dict[str, float] = {}
         for l2 in self.config.l2_grid:
-            self.weights = _closed_form(gram, l2).to(self.device)
+            self.weights = _closed_form(gram, l2)
             valid = validate(make_score_fn(self, data.train, states))
             by_l2[f"{l2:g}"] = round(valid[SELECT_METRIC], 6)
             log.info("EASE lambda %g: valid %s %.4f", l2, SELECT_METRIC, valid[SELECT_METRIC])
@@ -166,33 +166,28 @@ class EASE(Recommender):
         return cls(config, n_users, weights)
 
 
-def _closed_form(gram: np.ndarray, l2: float, block: int = 2048) -> torch.Tensor:
-    """B (n, n) float32 for ``gram`` = X^T X (float64, Fortran order, left untouched) and lambda ``l2``.
+def _closed_form(gram: torch.Tensor, l2: float, block: int = 2048) -> torch.Tensor:
+    """B (n, n) float32 for ``gram`` = X^T X (float64, left untouched) and lambda ``l2``, on gram's device.
 
-    P = (G + lambda I)^-1 by Cholesky on one working copy (LAPACK potrf + potri, in place); the
-    symmetrisation and B = -P / diag(P) go by column blocks, so the peak is G, P and B."""
-    work = gram.copy(order="F")
-    work[np.diag_indices_from(work)] += l2
-    chol, info = lapack.dpotrf(work, lower=False, overwrite_a=True, clean=False)
-    if info != 0:
+    P = (G + lambda I)^-1 through a Cholesky factorisation (torch's LAPACK: MKL on the CPU, cuSOLVER on a
+    GPU; scipy's multithreaded OpenBLAS potrf crashed at 18k items here); B = -P / diag(P) by column
+    blocks. The peak is three n x n float64 matrices (G, the factor, P) beside the float32 B."""
+    shifted = gram.clone()
+    shifted.diagonal().add_(l2)
+    factor, info = torch.linalg.cholesky_ex(shifted)
+    del shifted
+    if int(info) != 0:
         raise np.linalg.LinAlgError(
-            f"EASE: the Gram matrix + {l2:g} I is not positive definite (potrf {info})"
+            f"EASE: the Gram matrix + {l2:g} I is not positive definite ({int(info)})"
         )
-    p, info = lapack.dpotri(chol, lower=False, overwrite_c=True)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"EASE: inversion failed (potri {info})")
-    del work, chol
+    p = torch.cholesky_inverse(factor)
+    del factor
     n = p.shape[0]
-    for start in range(0, n, block):  # potri fills the upper triangle only: mirror it
-        stop = min(start + block, n)
-        p[start:stop, :start] = p[:start, start:stop].T
-        diagonal_block = p[start:stop, start:stop]
-        p[start:stop, start:stop] = np.triu(diagonal_block) + np.triu(diagonal_block, 1).T
-    diag = np.diag(p).copy()
-    weights = np.empty((n, n), dtype=np.float32)
+    diag = p.diagonal().clone()
+    weights = torch.empty((n, n), dtype=torch.float32, device=p.device)
     for start in range(0, n, block):
         stop = min(start + block, n)
-        weights[:, start:stop] = p[:, start:stop] / -diag[None, start:stop]
+        weights[:, start:stop] = (p[:, start:stop] / -diag[start:stop]).float()
     del p
-    np.fill_diagonal(weights, 0.0)
-    return torch.from_numpy(weights)
+    weights.fill_diagonal_(0.0)
+    return weights
