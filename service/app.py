@@ -25,7 +25,12 @@ from service.batcher import MicroBatcher
 from service.errors import install_exception_handlers
 from service.history_store import HistoryStore, InMemoryHistoryStore, RedisHistoryStore
 from service.metrics import ServiceMetrics
-from service.middleware import BodySizeLimitMiddleware, HTTPMetricsMiddleware, RequestTimeoutMiddleware
+from service.middleware import (
+    BodySizeLimitMiddleware,
+    DisconnectMiddleware,
+    HTTPMetricsMiddleware,
+    RequestTimeoutMiddleware,
+)
 from service.reloader import ModelReloader
 from service.routes import admin, health, interactions, model, recommend
 from service.settings import Settings
@@ -123,7 +128,7 @@ def create_app(
     app.state.reloader = None
     app.state.on_load_failure = on_load_failure
     install_exception_handlers(app, settings.retry_after_s)
-    # added innermost first: metrics -> timeout -> body limit -> routes
+    # added innermost first: metrics -> disconnect -> timeout -> body limit -> routes
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         RequestTimeoutMiddleware,
@@ -131,6 +136,8 @@ def create_app(
         retry_after_s=settings.retry_after_s,
         exempt_prefixes=("/admin/",),
     )
+    # only the reads are cancelled when their client goes: a write is finished (or refused) either way
+    app.add_middleware(DisconnectMiddleware, metrics=app.state.metrics, prefixes=("/recommend",))
     app.add_middleware(HTTPMetricsMiddleware, metrics=app.state.metrics)
     for module in (recommend, interactions, model, admin, health):
         app.include_router(module.router)

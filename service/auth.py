@@ -4,7 +4,8 @@ With ``API_KEY`` set, writes and ``/admin/*`` need the key (:class:`WriteKeyRout
 with ``PROTECT_READS`` (:class:`ReadKeyRoute`). The key comes as ``Authorization: Bearer <key>`` or
 ``X-API-Key: <key>``; every presented key is compared in constant time (``hmac.compare_digest``). No key
 is 401, a wrong one 403. The check runs in the route class, *before* the body is read or validated, so
-an unauthenticated request learns nothing about validation and costs no JSON parsing.
+an unauthenticated request learns nothing about validation and costs no JSON parsing; then the body
+passes :mod:`service.body_guard`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, Response
-from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import Headers
 
+from service.body_guard import JSONBodyRoute
 from service.settings import Settings
 
 __all__ = ["API_KEY_HEADER", "ReadKeyRoute", "WriteKeyRoute", "check_api_key", "document_api_key"]
@@ -65,8 +66,8 @@ def check_api_key(settings: Settings, presented: list[str]) -> None:
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
-class _KeyedRoute(APIRoute):
-    """A route whose handler checks the API key before FastAPI reads the body or the parameters."""
+class _KeyedRoute(JSONBodyRoute):
+    """A route whose handler checks the API key before the body is read (then the body guard runs)."""
 
     @staticmethod
     def key_required(settings: Settings) -> bool:

@@ -1,8 +1,8 @@
 """``ld4mrec-serve``: serve an artifact over HTTP with uvicorn (flags override ``LD4MREC_*`` settings).
 
 Exit codes: 0 after a graceful shutdown (SIGTERM / SIGINT), 1 when the artifact is refused at start-up
-(the message on stderr names the file) or the server cannot start (e.g. the port is taken), 2 for bad
-settings or no artifact at all.
+(the message on stderr names the file) or the address cannot be bound (e.g. the port is taken: that is
+the first and only error, reported before anything starts), 2 for bad settings or no artifact at all.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import signal
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app
+from service.http_server import listen_socket, protocol_name, uvicorn_config
 from service.settings import Settings
 
 __all__ = ["build_parser", "main"]
@@ -79,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    try:  # before anything starts or logs, so that a taken port is the first and only error
+        sock = listen_socket(args.host, args.port)
+    except OSError as exc:
+        print(f"ld4mrec-serve: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -90,33 +95,40 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ld4mrec-serve: error: {message}", file=sys.stderr, flush=True)
         server.should_exit = True
 
-    config = uvicorn.Config(
+    config = uvicorn_config(
         create_app(settings, on_load_failure=refuse),
+        settings,
         host=args.host,
         port=args.port,
+        http=args.http,
+        loop=args.loop,
         log_level=args.log_level,
         access_log=not args.no_access_log,
-        loop=args.loop,
-        http=args.http,
-        timeout_graceful_shutdown=int(math.ceil(settings.shutdown_timeout_s)),
     )
     server = uvicorn.Server(config)
     config.load()  # what uvicorn.run() does first; resolves --http auto, so the log can say what it chose
-    logging.getLogger("ld4mrec.service").info(
-        "HTTP/1.1 protocol: %s (--http %s), event loop: --loop %s",
-        config.http_protocol_class.__name__,
+    logger = logging.getLogger("ld4mrec.service")
+    logger.info(
+        "HTTP/1.1 protocol: %s (--http %s), event loop: --loop %s; headers <= %d bytes within %g s, "
+        "body within %g s",
+        protocol_name(config.http_protocol_class),
         args.http,
         args.loop,
+        settings.max_header_bytes,
+        settings.header_timeout_s,
+        settings.body_timeout_s,
     )
     if settings.api_key is None and args.host not in LOOPBACK_HOSTS:
-        logging.getLogger("ld4mrec.service").warning(
+        logger.warning(
             "listening on %s without LD4MREC_API_KEY: anyone who reaches this port can write histories "
             "and reload the model",
             args.host,
         )
     signal.signal(signal.SIGTERM, _ignore_after_shutdown)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    logger.info("listening on http://%s:%d", host, args.port)
     with contextlib.suppress(KeyboardInterrupt):  # SIGINT is re-raised after the graceful shutdown
-        server.run()  # a port already taken exits 1 (SystemExit from uvicorn)
+        server.run(sockets=[sock])
     return 1 if refused else 0
 
 

@@ -1,26 +1,33 @@
 """Domain errors of the service and the handlers that turn every error into JSON ``{"detail": ...}``.
 
 Validation errors are 422 with FastAPI's list of ``{"loc", "msg", "type"}`` entries (``loc`` names the
-field; a refused reload artifact is one too, naming the file); a missing user is 404; a reload while
-another runs is 409; an unreachable history store, a model still loading or a full scoring queue is 503
-with ``Retry-After``; anything unexpected is logged with its traceback and answered 500 without one.
+field; a refused reload artifact is one too, naming the file), capped: at most :data:`MAX_ERRORS`
+entries, short strings, the offending ``input`` only when it is a short scalar (never unbounded input
+echoed back); a missing user is 404; a reload while another runs, or a user whose stored history is not
+valid data, is 409; an unreachable history store, a model still loading or a full scoring queue is 503
+with ``Retry-After``; a client that disconnected gets nothing (counted as 499); anything unexpected is
+logged with its traceback and answered 500 without one.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service.batcher import BatcherClosedError, BatcherOverloadedError
-from service.history_store import StoreUnavailableError
+from service.history_store import CorruptHistoryError, StoreUnavailableError
 
 __all__ = [
+    "CLIENT_CLOSED_REQUEST",
+    "MAX_ERRORS",
     "ArtifactRefusedError",
     "FieldError",
     "ReloadInProgressError",
@@ -28,11 +35,15 @@ __all__ = [
     "UnknownItemsError",
     "UnknownUserError",
     "install_exception_handlers",
+    "public_errors",
 ]
 
 log = logging.getLogger(__name__)
 
 _SHOWN_IDS = 20  # at most this many ids are quoted in a message
+MAX_ERRORS = 20  # validation errors listed in one answer, at most
+_SHORT = 64  # characters of a loc element or an echoed input, at most
+CLIENT_CLOSED_REQUEST = 499  # nginx's code for a request whose client went away (never sent)
 
 
 def _quote(ids: Sequence[str]) -> str:
@@ -90,6 +101,44 @@ class ServiceNotReadyError(RuntimeError):
     """The model is not loaded (yet, or it failed to load) (answered 503)."""
 
 
+def _text(value: str, limit: int) -> str:
+    """``value`` cut to ``limit`` characters and made encodable (lone surrogates escaped)."""
+    cut = value if len(value) <= limit else value[:limit] + "..."
+    return cut.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _small_scalar(value: Any) -> bool:
+    """True for an input short enough to echo back (never a list, an object or a long string)."""
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return abs(value) < 2**53
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str) and len(value) <= _SHORT
+
+
+def public_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """FastAPI's validation errors as answered: at most MAX_ERRORS entries (then one that counts the
+    rest), ``loc`` / ``msg`` strings cut short, ``input`` only when it is a short scalar."""
+    public: list[dict[str, Any]] = []
+    for error in errors[:MAX_ERRORS]:
+        loc = [p if isinstance(p, int) else _text(str(p), _SHORT) for p in error.get("loc", ())]
+        entry: dict[str, Any] = {
+            "loc": loc,
+            "msg": _text(str(error.get("msg", "")), 200),
+            "type": _text(str(error.get("type", "")), _SHORT),
+        }
+        value = error.get("input")
+        if "input" in error and _small_scalar(value):
+            entry["input"] = _text(value, _SHORT) if isinstance(value, str) else value
+        public.append(entry)
+    if len(errors) > MAX_ERRORS:
+        more = len(errors) - MAX_ERRORS
+        public.append({"loc": [], "msg": f"and {more} more errors", "type": "too_many_errors"})
+    return public
+
+
 def install_exception_handlers(app: FastAPI, retry_after_s: int) -> None:
     """Register JSON handlers for every error the service can raise."""
     retry_after = {"Retry-After": str(retry_after_s)}
@@ -100,8 +149,7 @@ def install_exception_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type", "input")} for e in exc.errors()]
-        return JSONResponse(status_code=422, content={"detail": jsonable_encoder(errors)})
+        return JSONResponse(status_code=422, content={"detail": public_errors(exc.errors())})
 
     async def unknown_user(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=404, content={"detail": str(exc)})
@@ -128,6 +176,14 @@ def install_exception_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def conflict(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse(status_code=409, content={"detail": str(exc)})
 
+    async def corrupt_history(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, CorruptHistoryError)
+        return JSONResponse(status_code=409, content={"detail": exc.public_message()})
+
+    async def client_gone(request: Request, _: Exception) -> Response:
+        log.info("%s %s: the client disconnected before its body was read", request.method, request.url.path)
+        return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody receives it; counted as a 4xx
+
     async def http_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail}, headers=exc.headers)
@@ -144,5 +200,7 @@ def install_exception_handlers(app: FastAPI, retry_after_s: int) -> None:
     app.add_exception_handler(BatcherClosedError, not_ready)
     app.add_exception_handler(BatcherOverloadedError, overloaded)
     app.add_exception_handler(ReloadInProgressError, conflict)
+    app.add_exception_handler(CorruptHistoryError, corrupt_history)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(Exception, unexpected)

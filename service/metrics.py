@@ -53,6 +53,18 @@ class ServiceMetrics:
         self.redis_errors = Counter(
             "ld4mrec_redis_errors_total", "failed Redis calls by operation", ("operation",), registry=r
         )
+        self.history_corrupt = Counter(
+            "ld4mrec_history_corrupt_total",
+            "users whose stored history is not valid data (a key of another type, undecodable fields), "
+            "answered 409, by operation",
+            ("operation",),
+            registry=r,
+        )
+        self.client_disconnects = Counter(
+            "ld4mrec_client_disconnects_total",
+            "requests dropped because their client disconnected before the answer (never scored)",
+            registry=r,
+        )
         self.fallback_reads = Counter(
             "ld4mrec_history_fallback_reads_total",
             "history reads served from the artifact because the history store failed",

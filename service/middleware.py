@@ -1,15 +1,18 @@
-"""ASGI middleware: HTTP metrics by route template, the request-body size limit, the request timeout.
+"""ASGI middleware: HTTP metrics by route template, cancelling requests whose client disconnected, the
+request timeout, the request-body size limit.
 
-Order (outermost first): metrics -> timeout -> body limit -> the app, so 413s and timeouts are counted
-and a slowly sent body counts against the timeout.
+Order (outermost first): metrics -> disconnect -> timeout -> body limit -> the app, so 413s, timeouts and
+disconnects are counted and a slowly sent body counts against the timeout.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
+from collections import deque
 
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
@@ -17,7 +20,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics import ServiceMetrics
 
-__all__ = ["BodySizeLimitMiddleware", "HTTPMetricsMiddleware", "RequestTimeoutMiddleware"]
+__all__ = [
+    "BodySizeLimitMiddleware",
+    "DisconnectMiddleware",
+    "HTTPMetricsMiddleware",
+    "RequestTimeoutMiddleware",
+]
 
 log = logging.getLogger(__name__)
 
@@ -181,3 +189,78 @@ class RequestTimeoutMiddleware:
                 f"the request timed out after {self.timeout_s:g} s (REQUEST_TIMEOUT_S); retry",
                 {"Retry-After": str(self.retry_after_s)},
             )
+
+
+def _has_body(scope: Scope) -> bool:
+    """True when the request announces a body (a non-zero Content-Length, or Transfer-Encoding)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"0", b"")):
+            return True
+    return False
+
+
+class DisconnectMiddleware:
+    """A request whose client disconnects before its answer starts is cancelled, for paths starting with
+    one of ``prefixes``: its scoring rows are cancelled in the queue, so the batcher drops them unscored.
+
+    ASGI tells an app about a disconnect only when it calls ``receive()``, which a route does not do once
+    it has read its body; so a watcher task waits on ``receive()`` once the body has been read (at once
+    for a request without one) and cancels the request's task on ``http.disconnect``. Counted in
+    ``ld4mrec_client_disconnects_total`` and in the HTTP metrics with status 499 (nothing is sent).
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, prefixes: tuple[str, ...]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.prefixes = prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not str(scope.get("path", "")).startswith(self.prefixes):
+            await self.app(scope, receive, send)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        replay: deque[Message] = deque()  # read by the watcher before the app asked for it
+        body_read = asyncio.Event()
+        if not _has_body(scope):
+            replay.append(await receive())  # the empty body: at hand at once
+            body_read.set()
+        started = gone = False
+
+        async def app_receive() -> Message:
+            if replay:
+                return replay.popleft()
+            message = await receive()
+            if message["type"] == "http.disconnect" or not message.get("more_body", False):
+                body_read.set()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        async def watch() -> None:
+            nonlocal gone
+            await body_read.wait()
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            if not started:  # once the answer is under way there is nothing left to save
+                gone = True
+                task.cancel()
+
+        watcher = asyncio.create_task(watch(), name="ld4mrec-disconnect-watch")
+        try:
+            await self.app(scope, app_receive, tracking_send)
+        except asyncio.CancelledError:
+            if not gone or task.uncancel() > 0:
+                raise  # cancelled by someone else (shutdown, a timeout outside)
+            self.metrics.client_disconnects.inc()
+            log.info(
+                "%s %s: the client disconnected; the request was dropped", scope["method"], scope["path"]
+            )
+            with contextlib.suppress(Exception):  # the server ignores it (or raises): the client is gone
+                await send({"type": "http.response.start", "status": 499, "headers": []})
+                await send({"type": "http.response.body", "body": b""})
+        finally:
+            watcher.cancel()

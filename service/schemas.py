@@ -10,6 +10,7 @@ from model.precision import Precision
 
 __all__ = [
     "ID_MAX_LENGTH",
+    "ID_PATTERN",
     "BatchRecommendRequest",
     "BatchRecommendResponse",
     "ColdStartRequest",
@@ -27,8 +28,9 @@ __all__ = [
 ]
 
 ID_MAX_LENGTH = 256
-ItemId = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_LENGTH)]
-UserId = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_LENGTH)]
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters (they would reach logs and Redis keys)
+ItemId = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
+UserId = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
 HistorySource = Literal["artifact", "memory", "redis", "request"]
 
 

@@ -85,6 +85,44 @@ class Settings(BaseSettings):
         Field(ge=1, le=1_000_000, description="scoring requests waiting for a pass, at most; more are 503"),
     ] = 4096
 
+    # -- HTTP connection limits (enforced by the server's protocol, see service/http_server.py) ------------
+    max_header_bytes: Annotated[
+        int,
+        Field(
+            ge=1024,
+            le=1 << 20,
+            description="largest request line + headers (bytes); larger ones are 431 and the connection "
+            "is closed",
+        ),
+    ] = 16384
+    header_timeout_s: Annotated[
+        float,
+        Field(
+            gt=0.0,
+            le=600.0,
+            description="a request's line and headers must arrive within this time of its first byte (or "
+            "of the connection's opening); else 408 and the connection is closed",
+        ),
+    ] = 10.0
+    body_timeout_s: Annotated[
+        float,
+        Field(
+            gt=0.0,
+            le=3600.0,
+            description="a request body must arrive within this time of the headers; else 408 and the "
+            "connection is closed",
+        ),
+    ] = 30.0
+    send_timeout_s: Annotated[
+        float,
+        Field(
+            gt=0.0,
+            le=3600.0,
+            description="how long an answer may wait for a client that does not read it (its socket "
+            "buffer full) before the connection is dropped",
+        ),
+    ] = 30.0
+
     # -- history store --------------------------------------------------------------------------------------
     redis_url: Annotated[str | None, Field(description="Redis URL; unset = in-process history store")] = None
     memory_max_users: Annotated[

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends
 
 from service.auth import WriteKeyRoute, document_api_key
 from service.dependencies import RecommenderDep
-from service.routes.recommend import ERRORS
-from service.schemas import ID_MAX_LENGTH, InteractionsRequest, InteractionsResponse
+from service.routes.recommend import ERRORS, UserIdPath
+from service.schemas import InteractionsRequest, InteractionsResponse
 
 router = APIRouter(tags=["interactions"], route_class=WriteKeyRoute, dependencies=[Depends(document_api_key)])
 
@@ -22,7 +20,7 @@ router = APIRouter(tags=["interactions"], route_class=WriteKeyRoute, dependencie
 )
 async def add_interactions(
     recommender: RecommenderDep,
-    user_id: Annotated[str, Path(min_length=1, max_length=ID_MAX_LENGTH, description="external user id")],
+    user_id: UserIdPath,
     body: InteractionsRequest,
 ) -> InteractionsResponse:
     """Appends the items to the user's stored history (duplicates are ignored; a new user is created).

@@ -11,6 +11,7 @@ from service.dependencies import RecommenderDep
 from service.recommender import RankOptions
 from service.schemas import (
     ID_MAX_LENGTH,
+    ID_PATTERN,
     BatchRecommendRequest,
     BatchRecommendResponse,
     ColdStartRequest,
@@ -32,6 +33,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "or the request timed out (Retry-After)"
     },
 }
+UserIdPath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=ID_MAX_LENGTH,
+        pattern=ID_PATTERN,
+        description="external user id (1-256 characters, no control characters)",
+    ),
+]
 IdList = Annotated[
     list[str] | None,
     Query(description="item ids, comma-separated and/or repeated (`?exclude=a,b&exclude=c`)"),
@@ -53,7 +63,7 @@ def split_ids(values: list[str] | None) -> list[str] | None:
 )
 async def recommend_user(
     recommender: RecommenderDep,
-    user_id: Annotated[str, Path(min_length=1, max_length=ID_MAX_LENGTH, description="external user id")],
+    user_id: UserIdPath,
     k: Annotated[int | None, Query(ge=1, description="1..MAX_K (default 20, or MAX_K if smaller)")] = None,
     exclude_seen: Annotated[bool, Query(description="leave out the items of the current history")] = True,
     exclude: IdList = None,

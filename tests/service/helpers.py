@@ -31,6 +31,7 @@ from model.artifact import Artifact
 from model.base import Recommender, UserBatch
 from model.ranking import mask_items, top_k
 from service.app import create_app
+from service.http_server import HTTPChoice, uvicorn_config
 from service.settings import Settings
 
 
@@ -152,13 +153,13 @@ def copy_artifact(
 
 
 @contextlib.contextmanager
-def serve_in_thread(settings: Settings) -> Iterator[str]:
-    """The app under a real uvicorn server in a thread of this process (loopback, free port), once it is
-    ready; yields the base URL."""
+def serve_in_thread(settings: Settings, http: HTTPChoice = "auto") -> Iterator[str]:
+    """The app under a real uvicorn server in a thread of this process (loopback, free port, the
+    connection limits of ``settings`` as ``ld4mrec-serve`` applies them), once it is ready; yields the
+    base URL."""
     port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False
-    )
+    app = create_app(settings)
+    config = uvicorn_config(app, settings, port=port, http=http, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
     thread.start()

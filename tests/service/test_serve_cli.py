@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -118,6 +119,27 @@ def test_serve_refuses_to_start_on_a_corrupt_artifact(
     assert proc.returncode == 1, proc.stderr[-3000:]
     refusal = [line for line in proc.stderr.splitlines() if line.startswith("ld4mrec-serve: error:")]
     assert len(refusal) == 1 and named in refusal[0] and "artifact refused" in refusal[0], proc.stderr
+
+
+def test_a_port_in_use_is_the_first_and_only_error(tiny_artifact: Path) -> None:
+    """It used to log the application's start-up ("startup complete") before the bind error."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "service", "--artifact", str(tiny_artifact), "--port", str(port)],
+            env={k: v for k, v in os.environ.items() if not k.startswith("LD4MREC_")}
+            | {"LD4MREC_DEVICE": "cpu"},
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+    assert proc.returncode == 1
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"ld4mrec-serve: error: cannot listen on 127.0.0.1:{port}: ")
+    assert "in use" in lines[0]
 
 
 def client_names(server: RedisServer) -> list[str]:
