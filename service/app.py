@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from service import __version__
 from service.batcher import MicroBatcher
+from service.docs import install_docs
 from service.errors import install_exception_handlers
 from service.history_store import HistoryStore, InMemoryHistoryStore, RedisHistoryStore
 from service.metrics import ServiceMetrics
@@ -120,6 +121,8 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served offline by install_docs
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = ServiceMetrics()
@@ -141,4 +144,5 @@ def create_app(
     app.add_middleware(HTTPMetricsMiddleware, metrics=app.state.metrics)
     for module in (recommend, interactions, model, admin, health):
         app.include_router(module.router)
+    install_docs(app)
     return app

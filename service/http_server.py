@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -93,6 +94,7 @@ class _LimitsMixin:
     """
 
     limits: ClassVar[ConnectionLimits] = ConnectionLimits()
+    refusal_hooks: ClassVar[tuple[Callable[[str], None], ...]] = ()  # called with each refusal's reason
     # set by uvicorn's protocol classes
     transport: asyncio.Transport
     loop: asyncio.AbstractEventLoop
@@ -126,7 +128,7 @@ class _LimitsMixin:
 
     def _read_timed_out(self) -> None:
         self._read_timer = None
-        if self.transport.is_closing():
+        if self._lingering or self.transport.is_closing():
             return
         if self.flow is not None and self.flow.read_paused:  # the server stopped reading: not the client's
             self._arm_read_timer(self.limits.body_timeout_s)
@@ -136,7 +138,12 @@ class _LimitsMixin:
         else:
             what, limit, name = "the request body", self.limits.body_timeout_s, "BODY_TIMEOUT_S"
         log.info("closing a connection: %s did not arrive within %g s (%s)", what, limit, name)
+        self._count("header_timeout" if self._phase == "head" else "body_timeout")
         self._refuse(408, f"{what} did not arrive within {limit:g} s ({name})")
+
+    def _count(self, reason: str) -> None:
+        for hook in self.refusal_hooks:
+            hook(reason)
 
     def _refuse(self, status: int, detail: str) -> None:
         """Answer ``status`` when no answer is under way on this connection, then close it (lingering:
@@ -160,8 +167,11 @@ class _LimitsMixin:
         return self._head_too_large
 
     def _refuse_large_head(self) -> None:
+        if self._lingering or self.transport.is_closing():
+            return  # refused already
         limit = self.limits.max_header_bytes
         log.info("closing a connection: request headers over %d bytes (MAX_HEADER_BYTES)", limit)
+        self._count("header_size")
         self._refuse(431, f"request line and headers larger than {limit} bytes (MAX_HEADER_BYTES)")
 
     # -- a client that does not read its answer ----------------------------------------------------------
@@ -169,6 +179,7 @@ class _LimitsMixin:
         self._send_timer = None
         if not self.transport.is_closing():
             log.info("dropping a connection whose client has not read for %g s", self.limits.send_timeout_s)
+            self._count("send_timeout")
             self.transport.abort()
 
     def _on_pause_writing(self) -> None:
@@ -338,8 +349,12 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
     return LimitedHttpToolsProtocol
 
 
-def limited_protocol(http: HTTPChoice, limits: ConnectionLimits) -> type[asyncio.Protocol]:
-    """The protocol class for ``--http`` (``auto`` = httptools when installed, else h11) with ``limits``."""
+def limited_protocol(
+    http: HTTPChoice, limits: ConnectionLimits, on_refusal: Callable[[str], None] | None = None
+) -> type[asyncio.Protocol]:
+    """The protocol class for ``--http`` (``auto`` = httptools when installed, else h11) with ``limits``;
+    ``on_refusal(reason)`` is called for every connection refused or dropped (``header_size``,
+    ``header_timeout``, ``body_timeout``, ``send_timeout``)."""
     base: type[asyncio.Protocol] | None
     if http == "h11":
         base = LimitedH11Protocol
@@ -349,7 +364,8 @@ def limited_protocol(http: HTTPChoice, limits: ConnectionLimits) -> type[asyncio
             if http == "httptools":
                 raise RuntimeError("--http httptools: httptools is not installed (pip install httptools)")
             base = LimitedH11Protocol
-    return type(base.__name__, (base,), {"limits": limits})
+    hooks = (on_refusal,) if on_refusal is not None else ()
+    return type(base.__name__, (base,), {"limits": limits, "refusal_hooks": hooks})
 
 
 def protocol_name(protocol: type[asyncio.Protocol]) -> str:
@@ -371,14 +387,17 @@ def uvicorn_config(
     log_level: str = "info",
     access_log: bool = True,
 ) -> uvicorn.Config:
-    """The server's configuration: the protocol with :class:`ConnectionLimits` from ``settings``, no
-    WebSockets, the graceful-shutdown timeout of ``settings``."""
+    """The server's configuration: the protocol with :class:`ConnectionLimits` from ``settings`` (refusals
+    counted in the app's ``ld4mrec_connections_refused_total``), no WebSockets, the graceful-shutdown
+    timeout of ``settings``."""
     limits = ConnectionLimits.from_settings(settings)
+    metrics = getattr(getattr(app, "state", None), "metrics", None)
+    on_refusal = None if metrics is None else lambda reason: metrics.connections_refused.labels(reason).inc()
     return uvicorn.Config(
         app,
         host=host,
         port=port,
-        http=limited_protocol(http, limits),
+        http=limited_protocol(http, limits, on_refusal),
         ws="none",
         h11_max_incomplete_event_size=limits.max_header_bytes,
         loop=loop,

@@ -65,6 +65,15 @@ class ServiceMetrics:
             "requests dropped because their client disconnected before the answer (never scored)",
             registry=r,
         )
+        self.connections_refused = Counter(
+            "ld4mrec_connections_refused_total",
+            "connections the server closed for a limit: header_size (431), header_timeout and "
+            "body_timeout (408), send_timeout (a client that does not read)",
+            ("reason",),
+            registry=r,
+        )
+        for reason in ("header_size", "header_timeout", "body_timeout", "send_timeout"):
+            self.connections_refused.labels(reason=reason)
         self.fallback_reads = Counter(
             "ld4mrec_history_fallback_reads_total",
             "history reads served from the artifact because the history store failed",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -174,7 +174,9 @@ class Recommender:
             raise UnknownItemsError(("body", "item_ids"), unknown)
         user_index = engine.user_index(user_id)
         seed = (lambda: engine.artifact_history_ids(user_index)) if user_index >= 0 else None
-        return await self.store.append(user_id, item_ids, seed, self.settings.max_history)
+        result = await self.store.append(user_id, item_ids, seed, self.settings.max_history)
+        # `created`: the user is new to the service; a training user's first write only seeds the store
+        return replace(result, created=result.created and user_index < 0)
 
     # -- helpers ---------------------------------------------------------------------------------------------
     @staticmethod

@@ -96,7 +96,11 @@ class InteractionsResponse(BaseModel):
     added: int = Field(description="items that were not in the history yet (duplicates are ignored)")
     history_length: int = Field(description="items in the stored history now")
     version: int = Field(description="history version; bumped by every write that changes it")
-    created: bool = Field(description="true when this write created the stored history")
+    created: bool = Field(
+        description="true when this write created the user: neither the model (training) nor the history "
+        "store knew them before; false for every later write, and for a training user's first write "
+        "(which seeds the stored history with the training history)"
+    )
 
 
 class HealthResponse(BaseModel):

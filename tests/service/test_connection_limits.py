@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -67,6 +68,14 @@ def status(response: bytes) -> int:
     return int(response.split(b" ", 2)[1])
 
 
+def refused(server: tuple[str, int], reason: str) -> float:
+    """``ld4mrec_connections_refused_total{reason}`` of the server."""
+    with urllib.request.urlopen(f"http://{server[0]}:{server[1]}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    series = f'ld4mrec_connections_refused_total{{reason="{reason}"}} '
+    return float(next(line for line in text.splitlines() if line.startswith(series)).split()[1])
+
+
 def test_headers_over_the_limit_are_431(server: tuple[str, int]) -> None:
     with connect(server) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 1_000_000 + b"\r\n\r\n")
@@ -78,6 +87,7 @@ def test_headers_over_the_limit_are_431(server: tuple[str, int]) -> None:
     with connect(server) as sock:  # a header just under the limit is fine
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Ok: " + b"a" * 3000 + b"\r\n\r\n")
         assert status(read_response(sock)) == 200
+    assert refused(server, "header_size") == 2
 
 
 @pytest.mark.parametrize(
@@ -95,6 +105,7 @@ def test_a_request_head_that_never_ends_is_408(server: tuple[str, int], partial:
         answer = read_until_closed(sock)  # the socket timeout (5 s) fails the test if it stays open
     assert status(answer) == 408 and b"HEADER_TIMEOUT_S" in answer
     assert time.monotonic() - started < 4.0
+    assert refused(server, "header_timeout") == 1
 
 
 def test_a_trickled_head_is_408_even_while_bytes_keep_coming(server: tuple[str, int]) -> None:
@@ -119,6 +130,7 @@ def test_a_body_that_never_ends_is_408(server: tuple[str, int]) -> None:
         )
         answer = read_until_closed(sock)
     assert status(answer) == 408 and b"BODY_TIMEOUT_S" in answer
+    assert refused(server, "body_timeout") == 1
 
 
 def test_a_slow_but_steady_client_and_keep_alive_are_served(server: tuple[str, int]) -> None:
@@ -158,3 +170,4 @@ def test_a_client_that_does_not_read_is_dropped(server: tuple[str, int]) -> None
                 assert chunk, "closed"
                 received += len(chunk)
     assert received < 4 * 1_400_000  # dropped before the whole answer was sent
+    assert refused(server, "send_timeout") == 1
