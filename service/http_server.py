@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import socket
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -285,13 +286,22 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
             self._init_limits()
             self._head_bytes = 0  # raw bytes received since the head began (while incomplete)
             self._head_size = 0  # target + headers parsed so far
+            self._cycles: weakref.WeakSet[Any] = weakref.WeakSet()  # every request of this connection
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._enter("head")
 
         def connection_lost(self, exc: Exception | None) -> None:
+            # uvicorn marks only the newest request as disconnected: with pipelined requests the one
+            # answering and those queued behind it would then write to a closed transport (a 500 and a
+            # traceback with uvloop). Every unanswered request of the connection is told, none is started.
             self._stop_timers()
+            for cycle in list(self._cycles):
+                if not cycle.response_complete:
+                    cycle.disconnected = True
+                    cycle.message_event.set()
+            self.pipeline.clear()
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
@@ -324,6 +334,7 @@ def _httptools_protocol() -> type[asyncio.Protocol] | None:
             if self._head_over_limit(self._head_size):
                 raise ValueError("request head too large")  # httptools raises a parser error: no app runs
             super().on_headers_complete()
+            self._cycles.add(self.cycle)
             self._head_bytes = 0
             self._enter("body")
 

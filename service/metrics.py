@@ -62,7 +62,8 @@ class ServiceMetrics:
         )
         self.client_disconnects = Counter(
             "ld4mrec_client_disconnects_total",
-            "requests dropped because their client disconnected before the answer (never scored)",
+            "reads cancelled because their client disconnected before the answer (rows not yet in a pass "
+            "are never scored)",
             registry=r,
         )
         self.connections_refused = Counter(

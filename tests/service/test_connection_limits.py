@@ -171,3 +171,25 @@ def test_a_client_that_does_not_read_is_dropped(server: tuple[str, int]) -> None
                 received += len(chunk)
     assert received < 4 * 1_400_000  # dropped before the whole answer was sent
     assert refused(server, "send_timeout") == 1
+
+
+def five_xx(server: tuple[str, int]) -> list[str]:
+    """The 5xx series of ``ld4mrec_http_requests_total``."""
+    with urllib.request.urlopen(f"http://{server[0]}:{server[1]}/metrics", timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    return [line for line in lines if line.startswith("ld4mrec_http_requests_total{") and "5xx" in line]
+
+
+def test_a_dropped_connection_with_pipelined_requests_causes_no_error(server: tuple[str, int]) -> None:
+    """uvicorn tells only the newest pipelined request of a lost connection; the others wrote to the
+    closed transport (500s and tracebacks with uvloop) when a slow reader was dropped."""
+    for _ in range(2):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(5)
+        with sock:
+            sock.connect(server)
+            sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: t\r\n\r\n" * 300)
+            time.sleep(2.0)  # never read: dropped after SEND_TIMEOUT_S with answers still queued
+    time.sleep(0.5)
+    assert five_xx(server) == []
