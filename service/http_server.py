@@ -207,12 +207,17 @@ class LimitedH11Protocol(_LimitsMixin, H11Protocol):
         next_event = self.conn.next_event
 
         def checked_next_event() -> Any:
-            """h11's next event; a Request whose parsed head is over the limit is a protocol error."""
+            """h11's next event; a Request whose parsed head is over the limit, or that has both a
+            Content-Length and a Transfer-Encoding (request smuggling: h11 would go by the latter and
+            keep the connection; httptools refuses it), is a protocol error (400, connection closed)."""
             event = next_event()
             if isinstance(event, h11.Request):
                 size = len(event.target) + sum(len(n) + len(v) + 4 for n, v in event.headers)
                 if self._head_over_limit(size):
                     raise h11.RemoteProtocolError("request head too large")
+                names = {name for name, _ in event.headers}
+                if b"content-length" in names and b"transfer-encoding" in names:
+                    raise h11.RemoteProtocolError("both Content-Length and Transfer-Encoding")
             return event
 
         self.conn.next_event = checked_next_event  # type: ignore[method-assign]

@@ -198,3 +198,13 @@ def test_nothing_hostile_reached_the_store_or_the_model(client: TestClient) -> N
     for path, body in NON_FINITE_OR_BAD_UNICODE:
         client.post(path, content=body, headers=JSON | {"X-API-Key": "key"})
     assert len(store) == 0 and scored_rows(client) == before
+
+
+def test_a_chunked_body_is_read_like_any_other(client: TestClient, offline: Offline) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length: Transfer-Encoding chunked
+        yield b'{"history": ['
+        yield json.dumps(offline.art.item_ids[0]).encode()
+        yield b'], "k": 3}'
+
+    response = client.post("/recommend", content=chunks(), headers=JSON)
+    assert response.status_code == 200 and len(response.json()["items"]) == 3

@@ -4,6 +4,7 @@ duplicates are idempotent, new users are created, bad input is 422; in-process s
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -149,3 +150,22 @@ def test_stored_history_keeps_the_newest_max_history_items(
     assert result["history_length"] == 5
     items = {it["item_id"] for it in short_history.get(f"/recommend/{user}?k=100").json()["items"]}
     assert not items & set(unseen)  # the newest items are kept (and excluded)
+
+
+def test_concurrent_writes_to_one_user_lose_nothing(client: TestClient, offline: Offline) -> None:
+    user = offline.art.user_ids[20]
+    history = offline.history_ids(user)
+    new = [i for i in offline.art.item_ids if i not in history][:96]
+
+    def write(chunk: list[str]) -> list[int]:
+        return [
+            client.post(f"/users/{user}/interactions", json={"item_ids": [item]}).status_code
+            for item in chunk
+        ]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = [s for chunk in pool.map(write, [new[i::8] for i in range(8)]) for s in chunk]
+    assert statuses == [200] * len(new)
+    last = client.post(f"/users/{user}/interactions", json={"item_ids": [new[0]]}).json()
+    assert last["added"] == 0 and last["version"] == len(new)  # one version per acknowledged write
+    assert last["history_length"] == len(history) + len(new)  # every acknowledged item is there
