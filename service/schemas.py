@@ -28,7 +28,9 @@ __all__ = [
 ]
 
 ID_MAX_LENGTH = 256
-ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # no control characters (they would reach logs and Redis keys)
+# no control characters, line or paragraph separators (the trainer's id rule, training/idmap.py; they
+# would reach logs and Redis keys)
+ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$"
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX_LENGTH, pattern=ID_PATTERN)]
 HistorySource = Literal["artifact", "memory", "redis", "request"]

@@ -39,7 +39,7 @@ UserIdPath = Annotated[
         min_length=1,
         max_length=ID_MAX_LENGTH,
         pattern=ID_PATTERN,
-        description="external user id (1-256 characters, no control characters)",
+        description="external user id (1-256 characters, no control characters or line separators)",
     ),
 ]
 IdList = Annotated[

@@ -146,6 +146,8 @@ def test_validation_errors_are_capped_and_never_echo_long_input(client: TestClie
         "/recommend/a%0Ab",
         "/recommend/%1B%5B31m",
         "/recommend/%7F",
+        "/recommend/a%C2%85b",  # U+0085, a C1 control character (NEL)
+        "/recommend/a%E2%80%A8b",  # U+2028, the line separator
         "/users/a%0Db/interactions",
     ],
 )
