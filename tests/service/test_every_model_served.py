@@ -4,6 +4,7 @@ leaves the next answer, and the answer changes), and a cold-start POST /recommen
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,7 @@ def test_model_is_served_with_fold_in_and_cold_start(
     artifact: tuple[str, Path], store: str, request: pytest.FixtureRequest
 ) -> None:
     name, path = artifact
-    overrides: dict[str, object] = {}
+    overrides: dict[str, Any] = {}
     if store == "redis":
         server = request.getfixturevalue("redis_server")
         overrides = {"redis_url": server.url, "redis_prefix": f"served-{name}:"}

@@ -10,6 +10,7 @@ import logging
 import shutil
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,7 +32,7 @@ def _coloured_pixels(pixels: np.ndarray, rgb: tuple[int, int, int], tolerance: i
 
 
 def test_an_iterative_run_draws_loss_and_valid_metric() -> None:
-    log = [
+    log: list[dict[str, Any]] = [
         {"epoch": 1, "loss": 2.0, "seconds": 0.1, "valid": {"recall@20": 0.1}},
         {"epoch": 2, "loss": 1.5, "seconds": 0.1},
         {"epoch": 3, "loss": 1.2, "seconds": 0.1, "valid": {"recall@20": 0.3}},
