@@ -62,8 +62,8 @@ class EASEConfig(ModelConfig):
 
 
 def ease_memory_bytes(n_items: int) -> int:
-    """Peak bytes of a fit: three float64 items x items matrices (the Gram matrix, its factor, the inverse;
-    two at a time beside the Gram matrix) and two float32 B matrices (the current and the best)."""
+    """Peak bytes of a fit, an upper bound: the float64 Gram matrix (factorised and inverted in place), a
+    float64 working copy LAPACK may take, and two float32 B matrices (the current and the best)."""
     return 24 * n_items * n_items
 
 
@@ -120,12 +120,13 @@ class EASE(Recommender):
         """For each lambda of the grid, the closed form, scored on valid; keeps the best (recall@20)."""
         assert isinstance(self.config, EASEConfig)
         x = sp.csr_matrix(data.train, dtype=np.float64)
-        gram = torch.from_numpy((x.T @ x).toarray()).to(self.device)
         states = np.zeros((self.n_users, 0), dtype=np.float32)
         best: tuple[float, float, torch.Tensor] | None = None
         by_l2: dict[str, float] = {}
         for l2 in self.config.l2_grid:
-            self.weights = _closed_form(gram, l2)
+            if best is not None:
+                self.weights = best[2]  # frees the last candidate unless it is the best
+            self.weights = _closed_form(_gram(x, self.device), l2)
             valid = validate(make_score_fn(self, data.train, states))
             by_l2[f"{l2:g}"] = round(valid[SELECT_METRIC], 6)
             log.info("EASE lambda %g: valid %s %.4f", l2, SELECT_METRIC, valid[SELECT_METRIC])
@@ -166,28 +167,30 @@ class EASE(Recommender):
         return cls(config, n_users, weights)
 
 
-def _closed_form(gram: torch.Tensor, l2: float, block: int = 2048) -> torch.Tensor:
-    """B (n, n) float32 for ``gram`` = X^T X (float64, left untouched) and lambda ``l2``, on gram's device.
+def _gram(x: sp.csr_matrix, device: torch.device) -> torch.Tensor:
+    """X^T X (n, n) float64 on ``device`` for binary interactions ``x`` (users, n)."""
+    return torch.from_numpy((x.T @ x).toarray()).to(device)
 
-    P = (G + lambda I)^-1 through a Cholesky factorisation (torch's LAPACK: MKL on the CPU, cuSOLVER on a
-    GPU; scipy's multithreaded OpenBLAS potrf crashed at 18k items here); B = -P / diag(P) by column
-    blocks. The peak is three n x n float64 matrices (G, the factor, P) beside the float32 B."""
-    shifted = gram.clone()
-    shifted.diagonal().add_(l2)
-    factor, info = torch.linalg.cholesky_ex(shifted)
-    del shifted
+
+def _closed_form(gram: torch.Tensor, l2: float, block: int = 2048) -> torch.Tensor:
+    """B (n, n) float32 for lambda ``l2``, from ``gram`` = X^T X (float64; overwritten: it ends as P).
+
+    P = (G + lambda I)^-1 by a Cholesky factorisation and inversion in place (torch's LAPACK: MKL on the
+    CPU, cuSOLVER on a GPU; scipy's multithreaded OpenBLAS potrf crashed at 18k items here), then
+    B = -P / diag(P) by column blocks into float32."""
+    gram.diagonal().add_(l2)
+    info = torch.empty((), dtype=torch.int32, device=gram.device)
+    torch.linalg.cholesky_ex(gram, out=(gram, info))
     if int(info) != 0:
         raise np.linalg.LinAlgError(
             f"EASE: the Gram matrix + {l2:g} I is not positive definite ({int(info)})"
         )
-    p = torch.cholesky_inverse(factor)
-    del factor
+    p = torch.cholesky_inverse(gram, out=gram)
     n = p.shape[0]
     diag = p.diagonal().clone()
     weights = torch.empty((n, n), dtype=torch.float32, device=p.device)
     for start in range(0, n, block):
         stop = min(start + block, n)
         weights[:, start:stop] = (p[:, start:stop] / -diag[start:stop]).float()
-    del p
     weights.fill_diagonal_(0.0)
     return weights
