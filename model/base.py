@@ -231,11 +231,13 @@ class UserBatch:
 # -- the contract -------------------------------------------------------------------------------------------
 class Recommender(ABC):
     """A recommender model. Subclasses set ``name``, ``config_class`` and ``iterative`` and implement the
-    abstract methods; :mod:`model.registry` lists them."""
+    abstract methods; :mod:`model.registry` lists them. An iterative model that trains under ``torchrun``
+    also sets ``distributed`` and follows :mod:`model.distributed` in ``create`` / ``fit_epoch``."""
 
     name: ClassVar[str]
     config_class: ClassVar[type[ModelConfig]]
     iterative: ClassVar[bool] = False
+    distributed: ClassVar[bool] = False  # fit_epoch shards users across ranks (model/distributed.py)
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
 
     config: ModelConfig

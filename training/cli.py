@@ -1,4 +1,8 @@
-"""``ld4mrec-train``: load (or generate) a dataset, train the chosen model, evaluate, export an artifact."""
+"""``ld4mrec-train``: load (or generate) a dataset, train the chosen model, evaluate, export an artifact.
+
+Also under ``torchrun --nproc_per_node=W -m training ...`` (:mod:`training.distributed`): an iterative
+model that supports it trains on W processes and rank 0 writes the artifact; a closed-form model is fitted
+by rank 0 alone while the other ranks exit at once; any other model is refused (exit 2)."""
 
 from __future__ import annotations
 
@@ -15,9 +19,11 @@ from typing import Any
 from model.artifact import ArtifactError
 from model.base import ConfigError, ModelConfig
 from model.registry import DEFAULT_MODEL, get_model, model_names
+from training import distributed
 from training.config import RunConfig
 from training.curve import CURVE_FILE, curve_files
 from training.dataset import DatasetError, InteractionData, load_dataset
+from training.distributed import Launch, LaunchError
 from training.export import export_artifact
 from training.synthetic import SyntheticSpec, write_synthetic_dataset
 from training.trainer import train
@@ -97,11 +103,25 @@ def load_data(data_arg: str, modalities: list[str] | None, workdir: Path) -> Int
     return load_dataset(data_arg, modalities)
 
 
+def _setup_logging(launch: Launch) -> None:
+    """INFO on rank 0 (the only rank of a single-process run), warnings only on the other ranks."""
+    rank = f" [rank {launch.rank}/{launch.world_size}]" if launch.distributed else ""
+    logging.basicConfig(
+        level=logging.INFO if launch.is_main else logging.WARNING,
+        format=f"%(asctime)s %(levelname)s %(name)s{rank}: %(message)s",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     model_name = _chosen_model(argv)
     args = build_parser(model_name).parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        launch = distributed.from_env()
+    except LaunchError as exc:
+        print(f"ld4mrec-train: error: torchrun environment: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(launch)
     model_class = get_model(model_name)
     try:
         run = _config(RunConfig, args)
@@ -109,6 +129,40 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ld4mrec-train: error: {exc}", file=sys.stderr)
         return 2
+    extra_training: dict[str, Any] = {}
+    if launch.distributed and not model_class.iterative:
+        if not launch.is_main:
+            return 0  # rank 0 fits the closed form alone (logged there)
+        log.warning(
+            "%s is fitted in closed form, by one process: rank 0 fits it, the other %d rank(s) exit",
+            model_name,
+            launch.world_size - 1,
+        )
+        extra_training["launched_world_size"] = launch.world_size
+        launch = distributed.SINGLE_PROCESS
+    elif launch.distributed and not model_class.distributed:
+        print(
+            f"ld4mrec-train: error: {model_name} does not support distributed training (torchrun with "
+            f"{launch.world_size} processes); run it in one process: python -m training ...",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return _run(args, model_name, model_config, run, launch, extra_training)
+    finally:
+        distributed.stop()
+
+
+def _run(
+    args: argparse.Namespace,
+    model_name: str,
+    model_config: ModelConfig,
+    run: RunConfig,
+    launch: Launch,
+    extra_training: dict[str, Any],
+) -> int:
+    """Load the data, train (joining the process group first under torchrun), export on rank 0."""
+    model_class = get_model(model_name)
     modalities = [m for m in args.modalities.split(",") if m] if args.modalities else None
     with tempfile.TemporaryDirectory(prefix="ld4mrec-") as tmp:
         try:
@@ -120,13 +174,18 @@ def main(argv: list[str] | None = None) -> int:
         log.info("model %s %s", model_name, json.dumps(model_config.to_dict(), sort_keys=True))
         log.info("run %s", json.dumps(run.to_dict(), sort_keys=True))
         try:
-            result = train(data, model_name, model_config, run, progress=not args.quiet)
-        except (ConfigError, MemoryError) as exc:
+            launch = distributed.start(launch, distributed.device_for(run.device, launch))
+            result = train(data, model_name, model_config, run, progress=not args.quiet, launch=launch)
+        except (ConfigError, LaunchError, MemoryError) as exc:
             print(f"ld4mrec-train: cannot train {model_name}: {exc}", file=sys.stderr)
             return 2
+        if not launch.is_main:
+            return 0
         try:
             extra_files = curve_files(result, data.name)
-            path = export_artifact(result, data, run, args.out, extra_files=extra_files)
+            path = export_artifact(
+                result, data, run, args.out, extra_training=extra_training, extra_files=extra_files
+            )
         except ArtifactError as exc:
             print(f"ld4mrec-train: cannot write artifact: {exc}", file=sys.stderr)
             return 2

@@ -29,7 +29,8 @@ def export_artifact(
         "best_epoch": result.best_epoch,
         "seconds_per_epoch": round(result.seconds_per_epoch, 4),
         "fit_seconds": round(result.fit_seconds, 2),
-        "world_size": 1,
+        "world_size": result.world_size,
+        "backend": result.backend,
     }
     art = Artifact(
         model=result.model,

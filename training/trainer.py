@@ -1,5 +1,9 @@
 """Training any registered model: build it, fit it (in closed form, or epoch by epoch with early stopping
-on valid recall@20 and the best epoch kept), then report valid and test metrics at the chosen setting."""
+on valid recall@20 and the best epoch kept), then report valid and test metrics at the chosen setting.
+
+Under torchrun (a started :class:`~training.distributed.Launch` of W > 1 processes) every rank runs the
+epochs of a model that supports it (``Recommender.distributed``); rank 0 alone evaluates, logs, shows
+progress and keeps the best epoch, and its early-stopping decision is broadcast to the others."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import torch
 
 from model.base import (
     SELECT_METRIC,
+    ConfigError,
     FitContext,
     ModelConfig,
     Recommender,
@@ -23,6 +28,7 @@ from model.base import (
 from model.registry import get_model
 from training.config import RunConfig
 from training.dataset import InteractionData
+from training.distributed import SINGLE_PROCESS, Launch, agree, device_for
 from training.evaluate import evaluate
 from training.progress import EpochProgress
 
@@ -33,7 +39,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainResult:
-    """A fitted model, its metrics at the chosen epoch (0 for closed forms) and the per-epoch log."""
+    """A fitted model, its metrics at the chosen epoch (0 for closed forms) and the per-epoch log
+    (``metrics`` empty on ranks other than 0), and the processes it was trained by."""
 
     model: Recommender
     best_epoch: int
@@ -41,6 +48,8 @@ class TrainResult:
     log: list[dict[str, Any]] = field(default_factory=list)
     seconds_per_epoch: float = 0.0
     fit_seconds: float = 0.0
+    world_size: int = 1
+    backend: str | None = None
 
 
 def training_data(data: InteractionData) -> TrainingData:
@@ -59,14 +68,28 @@ def train(
     run: RunConfig,
     *,
     progress: bool = True,
+    launch: Launch = SINGLE_PROCESS,
 ) -> TrainResult:
-    """Fit ``model_name`` with ``model_config`` on ``data.train``; select on valid; report valid and test."""
+    """Fit ``model_name`` with ``model_config`` on ``data.train``; select on valid; report valid and test.
+
+    ``launch``: this process's place in a started torchrun launch (default: one process)."""
     run.validate()
     model_config.validate()
     if run.threads > 0:
         torch.set_num_threads(run.threads)
-    ctx = FitContext(seed=run.seed, device=torch.device(run.device), progress=progress)
     cls = get_model(model_name)
+    if launch.distributed and not (cls.iterative and cls.distributed):
+        kind = "is fitted in closed form" if not cls.iterative else "does not shard its training across ranks"
+        raise ConfigError(
+            f"{model_name} {kind}: it cannot train on {launch.world_size} processes; run it in one process"
+        )
+    ctx = FitContext(
+        seed=run.seed,
+        device=device_for(run.device, launch),
+        rank=launch.rank,
+        world_size=launch.world_size,
+        progress=progress and launch.is_main,
+    )
     fit_data = training_data(data)
     started = time.perf_counter()
     model = cls.create(model_config, fit_data, ctx)
@@ -77,10 +100,16 @@ def train(
     history: list[dict[str, Any]] = []
     best_epoch, seconds_per_epoch = 0, 0.0
     if cls.iterative:
-        best_epoch, history, seconds_per_epoch = _fit_epochs(model, fit_data, data, run, ctx, validate)
+        best_epoch, history, seconds_per_epoch = _fit_epochs(
+            model, fit_data, data, run, ctx, validate, launch
+        )
     else:
         model.fit(fit_data, validate, ctx)
     fit_seconds = time.perf_counter() - started
+    if not launch.is_main:
+        return TrainResult(
+            model, best_epoch, {}, history, seconds_per_epoch, fit_seconds, launch.world_size, launch.backend
+        )
     score_fn = _score_fn(model, data)
     metrics = {
         "valid": evaluate(score_fn, data.train, data.valid, batch_size=run.eval_batch_size),
@@ -88,7 +117,9 @@ def train(
     }
     chosen = f"epoch {best_epoch}" if cls.iterative else f"fit {model.fitted() or 'closed form'}"
     log.info("%s, %s: valid %s | test %s", model_name, chosen, _fmt(metrics["valid"]), _fmt(metrics["test"]))
-    return TrainResult(model, best_epoch, metrics, history, seconds_per_epoch, fit_seconds)
+    return TrainResult(
+        model, best_epoch, metrics, history, seconds_per_epoch, fit_seconds, launch.world_size, launch.backend
+    )
 
 
 def _fit_epochs(
@@ -98,9 +129,12 @@ def _fit_epochs(
     run: RunConfig,
     ctx: FitContext,
     validate: Any,
+    launch: Launch,
 ) -> tuple[int, list[dict[str, Any]], float]:
     """The epoch loop: train, evaluate every ``eval_every`` epochs, stop after ``patience`` evaluations
-    without a better valid recall@20, restore the best epoch. Returns (best epoch, log, median s/epoch)."""
+    without a better valid recall@20, restore the best epoch. Returns (best epoch, log, median s/epoch).
+
+    Other ranks than 0 train only: they neither evaluate nor keep snapshots, and stop when rank 0 does."""
     best_valid, best_epoch, bad_evals = -1.0, 0, 0
     best_state = model.snapshot()
     history: list[dict[str, Any]] = []
@@ -114,7 +148,7 @@ def _fit_epochs(
             epoch_seconds.append(time.perf_counter() - t0)
             row: dict[str, Any] = {"epoch": epoch, **losses, "seconds": epoch_seconds[-1]}
             fields = {"loss": f"{losses.get('loss', float('nan')):.4f}"}
-            evaluated = epoch % run.eval_every == 0 or epoch == run.epochs
+            evaluated = launch.is_main and (epoch % run.eval_every == 0 or epoch == run.epochs)
             if evaluated:
                 valid = validate(_score_fn(model, data))
                 row["valid"] = valid
@@ -131,7 +165,7 @@ def _fit_epochs(
                     f"valid_{SELECT_METRIC}": f"{row.get('valid', {}).get(SELECT_METRIC, best_valid):.4f}",
                     "best": f"{best_valid:.4f}@{best_epoch}",
                 }
-            stop = bad_evals >= run.patience
+            stop = agree(bad_evals >= run.patience, launch, ctx.device)
             progress.update(epoch, max(cap, epoch), fields, force=stop or epoch == run.epochs)
             if stop:
                 log.info(
@@ -144,7 +178,8 @@ def _fit_epochs(
                 break
     finally:
         progress.close()
-    model.restore(best_state)
+    if launch.is_main:
+        model.restore(best_state)
     return best_epoch, history, float(np.median(epoch_seconds)) if epoch_seconds else 0.0
 
 

@@ -93,6 +93,23 @@ class LD4MRecNet(nn.Module):
         z = self.initial_step_embedding(user_index)
         return step_embedding(t, self.cnet.cfg.step_dim).to(z.dtype) + z
 
+    # -- training ------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        x_t: torch.Tensor,
+        user_index: torch.Tensor,
+        t: torch.Tensor,
+        signals: torch.Tensor,
+        keep_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The training pass: noisy x_t (B, n) at steps t (B,) of users ``user_index`` (B,), condition
+        ``signals`` (B, width), input-dropout ``keep_mask`` (B, n) or None -> x0_hat (B, n).
+
+        The one entry point of training, so that a DistributedDataParallel wrapper sees every parameter."""
+        h = self.cnet.embed_dense(x_t, keep_mask=keep_mask)
+        z = self.training_step_embedding(user_index, t)
+        return self.cnet.forward_hidden(h, z, signals)
+
     # -- inference -----------------------------------------------------------------------------------------
     def inference_step_embedding(self, user_index: torch.Tensor) -> torch.Tensor:
         """z (B, d_fwd) for forward-free inference: z_in(u), plus sin_emb(t) if ``inference_step`` t >= 1."""

@@ -14,6 +14,7 @@ from typing import Any, Self, cast
 import numpy as np
 import scipy.sparse as sp
 import torch
+from torch import nn
 
 from model.base import (
     ConfigError,
@@ -25,6 +26,7 @@ from model.base import (
     UserBatch,
     as_tensor,
 )
+from model.distributed import batch_mean, gather_rows, local_part, mean_over_ranks, rank_seed, wrap_module
 from model.ld4mrec.cnet import CNet, CNetConfig
 from model.ld4mrec.config import LD4MRecConfig
 from model.ld4mrec.diffusion import DiffusionSchedule
@@ -54,8 +56,10 @@ def soft_target(
 
 @dataclass
 class _FitState:
-    """What training carries from epoch to epoch."""
+    """What training carries from epoch to epoch; ``module`` is the network to train through (itself, or
+    its DistributedDataParallel wrapper under torchrun)."""
 
+    module: nn.Module
     optimizer: torch.optim.Optimizer
     sampler: ImportanceStepSampler
     rng: np.random.Generator
@@ -89,6 +93,7 @@ class LD4MRec(Recommender):
     name = "ld4mrec"
     config_class = LD4MRecConfig
     iterative = True
+    distributed = True
     precisions = ("fp32", "int8")
 
     def __init__(
@@ -124,18 +129,26 @@ class LD4MRec(Recommender):
         net.cnet.set_signal_stats(s.mean(dim=0), s.std(dim=0))
         net.to(ctx.device).eval()  # fit_epoch switches to training mode and back
         model = cls(cfg, net, basis, signals)
+        if ctx.world_size > 1:
+            torch.manual_seed(rank_seed(ctx))  # same init on every rank (above); own dropout draws from here
         model._fit = _FitState(
+            module=wrap_module(net, ctx),
             optimizer=torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
             sampler=ImportanceStepSampler(
                 cfg.steps, cfg.importance_history, cfg.importance_uniform_mix, seed=ctx.seed
             ),
             rng=np.random.default_rng(ctx.seed),
-            generator=torch.Generator(device=ctx.device).manual_seed(ctx.seed),
+            generator=torch.Generator(device=ctx.device).manual_seed(rank_seed(ctx)),
         )
         return model
 
     def fit_epoch(self, data: TrainingData, epoch: int, ctx: FitContext) -> dict[str, float]:
-        """One pass over the users with a training history, in shuffled mini-batches."""
+        """One pass over the users with a training history, in shuffled mini-batches.
+
+        Under torchrun (``ctx.world_size`` W > 1) every rank draws the same permutation and the same steps
+        of each global mini-batch and computes its :func:`~model.distributed.local_part` of it; DDP
+        averages the gradients and the gathered per-user losses keep every rank's step sampler identical.
+        """
         if self._fit is None:
             raise RuntimeError("this model was loaded from an artifact; create() a fresh one to train")
         cfg, net, fit = self.cfg, self.net, self._fit
@@ -145,25 +158,36 @@ class LD4MRec(Recommender):
         total, n_batches = 0.0, 0
         for start in range(0, len(order), cfg.batch_size):
             batch = order[start : start + cfg.batch_size]
-            loss, per_user, steps = self._batch_loss(data.train, batch)
+            steps, weights = fit.sampler.sample(len(batch))
+            mine = local_part(np.arange(len(batch)), ctx)
+            loss, per_user = self._batch_loss(
+                data.train, batch[mine], steps[mine], weights[mine], len(batch), ctx
+            )
             fit.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             fit.optimizer.step()
-            fit.sampler.update(steps, per_user.detach().cpu().numpy())
+            fit.sampler.update(steps, gather_rows(per_user.detach(), ctx, len(batch)).cpu().numpy())
             total += float(loss.detach())
             n_batches += 1
         net.eval()
-        return {"loss": total / max(n_batches, 1)}
+        return mean_over_ranks({"loss": total / max(n_batches, 1)}, ctx)
 
     def _batch_loss(
-        self, train: sp.csr_matrix, batch: np.ndarray
-    ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """Weighted mean loss of a mini-batch of users, per-user losses (B,) and their sampled steps."""
+        self,
+        train: sp.csr_matrix,
+        batch: np.ndarray,
+        steps_np: np.ndarray,
+        weights_np: np.ndarray,
+        n_global: int,
+        ctx: FitContext,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss of this process's users ``batch`` (b,) of a global mini-batch of ``n_global`` users, at
+        diffusion steps ``steps_np`` (b,) with importance weights ``weights_np`` (b,), and the per-user
+        losses (b,). One process: the weighted mean (b = n_global)."""
         assert self._fit is not None
         cfg, net, fit, device = self.cfg, self.net, self._fit, self.device
         x_in = torch.from_numpy(train[batch].toarray()).to(device)
         user_index = torch.from_numpy(batch).to(device)
-        steps_np, weights_np = fit.sampler.sample(len(batch))
         steps = torch.from_numpy(steps_np).to(device)
         noise = torch.randn(x_in.shape, generator=fit.generator, device=device)
         x_t = net.schedule.add_noise(x_in, steps, noise)
@@ -176,15 +200,13 @@ class LD4MRec(Recommender):
         else:
             assert self._signals is not None
             signals = torch.from_numpy(self._signals[batch]).to(device)
-        h = net.cnet.embed_dense(x_t, keep_mask=keep)
-        z = net.training_step_embedding(user_index, steps)
-        x0_hat = net.cnet.forward_hidden(h, z, signals)
+        x0_hat = fit.module(x_t, user_index, steps, signals, keep)
         target = soft_target(x_in, cfg.soft_p, cfg.soft_gamma, fit.generator) if cfg.soft_labels else x_in
         per_user = ((x0_hat - target) ** 2).sum(dim=1)
         if cfg.loss_user_norm:
             per_user = per_user * x_in.sum(dim=1).clamp_min(1.0).rsqrt()
-        loss = (per_user * torch.from_numpy(weights_np).float().to(device)).mean()
-        return loss, per_user, steps_np
+        loss = batch_mean(per_user * torch.from_numpy(weights_np).float().to(device), ctx, n_global)
+        return loss, per_user
 
     def snapshot(self) -> Any:
         return copy.deepcopy(self.net.state_dict())
