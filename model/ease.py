@@ -32,6 +32,7 @@ from model.base import (
     make_score_fn,
     option,
 )
+from model.memory import available_bytes, gib
 
 __all__ = ["EASE", "EASEConfig", "EASEMemoryError", "ease_memory_bytes"]
 
@@ -67,22 +68,6 @@ def ease_memory_bytes(n_items: int) -> int:
     return 24 * n_items * n_items
 
 
-def _available_memory_bytes() -> int | None:
-    """MemAvailable of /proc/meminfo (Linux), else None."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _gib(n_bytes: float) -> str:
-    return f"{n_bytes / 2**30:.1f} GiB"
-
-
 class EASE(Recommender):
     """EASE; ``weights`` is B (n, n) float32 on :attr:`device` with a zero diagonal."""
 
@@ -105,14 +90,14 @@ class EASE(Recommender):
         needed = ease_memory_bytes(n)
         if n > config.max_items:
             raise EASEMemoryError(
-                f"EASE needs items x items matrices: {n} items would take {_gib(needed)} at the peak of the "
+                f"EASE needs items x items matrices: {n} items would take {gib(needed)} at the peak of the "
                 f"fit, above the limit of {config.max_items} items (--max-items); use another model"
             )
-        available = _available_memory_bytes()
+        available = available_bytes()
         if available is not None and needed > available:
             raise EASEMemoryError(
-                f"EASE needs items x items matrices: {n} items would take {_gib(needed)} at the peak of the "
-                f"fit, but only {_gib(available)} of memory is available; use another model"
+                f"EASE needs items x items matrices: {n} items would take {gib(needed)} at the peak of the "
+                f"fit, but only {gib(available)} of memory is available; use another model"
             )
         return cls(config, data.n_users, torch.zeros((n, n), dtype=torch.float32, device=ctx.device))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Iterable
 from typing import Literal, TypeVar, get_args
 
 import torch
@@ -30,17 +31,18 @@ PRECISIONS: tuple[str, ...] = get_args(Precision)
 M = TypeVar("M", bound=nn.Module)
 
 
-def quantise_int8(model: M, inplace: bool = False) -> M:
+def quantise_int8(model: M, inplace: bool = False, share: Iterable[object] = ()) -> M:
     """``model`` with every ``nn.Linear`` dynamically quantised to int8 (see the module docstring), in eval
     mode: a copy, or ``model`` itself with ``inplace=True`` (its fp32 Linear weights are then released).
-    The model must be on the CPU."""
+    The copy shares the objects in ``share`` with ``model`` instead of copying them (what quantisation does
+    not change and nothing writes, e.g. an items x width embedding table). The model must be on the CPU."""
     with warnings.catch_warnings():
         # the deprecation notices of torch.ao.quantization and of quantised tensor creation (torch >= 2.9)
         warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated")
         warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor")
         from torch.ao.quantization import quantize_dynamic
 
-        target = model if inplace else copy.deepcopy(model)
+        target = model if inplace else copy.deepcopy(model, memo={id(obj): obj for obj in share})
         quantised = quantize_dynamic(target, {nn.Linear}, dtype=torch.qint8, inplace=True)
     return quantised.eval()
 

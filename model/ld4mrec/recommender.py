@@ -30,12 +30,14 @@ from model.distributed import batch_mean, gather_rows, local_part, mean_over_ran
 from model.ld4mrec.cnet import CNet, CNetConfig
 from model.ld4mrec.config import LD4MRecConfig
 from model.ld4mrec.diffusion import DiffusionSchedule
+from model.ld4mrec.memory import fitting_config, training_bytes
 from model.ld4mrec.network import LD4MRecNet
 from model.ld4mrec.sampler import ImportanceStepSampler
 from model.ld4mrec.signals import SignalBasis, compute_signal_basis, signals_from_histories
+from model.memory import available_bytes, gib
 from model.precision import model_device, quantise_int8
 
-__all__ = ["LD4MRec", "soft_target"]
+__all__ = ["LD4MRec", "LD4MRecMemoryError", "soft_target"]
 
 MAX_MODALITIES = 64
 MAX_MODALITY_DIM = 1 << 16
@@ -118,6 +120,8 @@ class LD4MRec(Recommender):
         """Signal basis (randomized SVD of ``data.train``), offline signals of every user, a fresh network
         with the signal standardisation fixed from the users who have a training history."""
         cfg = cast(LD4MRecConfig, config)
+        if ctx.device.type == "cpu":
+            _check_memory(cfg, data)
         torch.manual_seed(ctx.seed)
         basis = compute_signal_basis(data.train, data.modality_features, svd_rank=cfg.svd_rank, seed=ctx.seed)
         projection = basis.projection()
@@ -309,9 +313,46 @@ class LD4MRec(Recommender):
                 f"int8 precision runs on the CPU only (dynamic int8 quantisation has no CUDA kernels); the "
                 f"model is on {self.device}: use the CPU device with int8, or fp32 on {self.device}"
             )
-        quantised = type(self)(self.cfg, quantise_int8(self.net), self.basis, self._signals)
+        net = self.net
+        # everything but the Linear layers stays as it is: shared, not copied (item_in, z_in, the fold-in
+        # projection and its tensor are items- or users-sized)
+        kept = [t for name, t in (*net.named_parameters(), *net.named_buffers()) if not _in_linear(net, name)]
+        quantised = type(self)(
+            self.cfg, quantise_int8(net, share=[*kept, net.projection]), self.basis, self._signals
+        )
         quantised.precision = "int8"
         return quantised
+
+
+class LD4MRecMemoryError(MemoryError):
+    """The catalogue is too large for LD4MRec's items x width layers at this width and batch here."""
+
+
+def _check_memory(cfg: LD4MRecConfig, data: TrainingData) -> None:
+    """Refuse (LD4MRecMemoryError), before allocating anything, a fit whose estimated peak
+    (:func:`~model.ld4mrec.memory.training_bytes`) is above the memory available now; say what would fit."""
+    dims = [int(f.shape[1]) for f in data.modality_features]
+    needed = training_bytes(cfg, data.n_users, data.n_items, dims, data.train.nnz)
+    available = available_bytes()
+    if available is None or needed <= available:
+        return
+    smaller = fitting_config(cfg, data.n_users, data.n_items, dims, available, data.train.nnz)
+    hint = (
+        f"--hidden-dim {smaller.hidden_dim} --batch-size {smaller.batch_size} would fit"
+        if smaller is not None
+        else "no width or batch of the ladders would fit"
+    )
+    raise LD4MRecMemoryError(
+        f"LD4MRec at {data.n_items} items, --hidden-dim {cfg.hidden_dim} and --batch-size {cfg.batch_size} "
+        f"needs about {gib(needed)} to train (two items x width layers with gradients and Adam moments, "
+        f"and dense batch x items steps), but only {gib(available)} of memory is available; {hint}"
+    )
+
+
+def _in_linear(net: nn.Module, name: str) -> bool:
+    """Whether the parameter or buffer ``name`` belongs to an ``nn.Linear`` of ``net``."""
+    owner = net.get_submodule(name.rpartition(".")[0]) if "." in name else net
+    return isinstance(owner, nn.Linear)
 
 
 def _checked_dims(cfg: LD4MRecConfig, dims: Mapping[str, Any]) -> tuple[int, tuple[int, ...]]:
