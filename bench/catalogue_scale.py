@@ -18,10 +18,11 @@ history lengths, Zipf-like item popularity, one 64-d modality) and each register
   histories and states -> ``score`` -> mask the history -> top-20): users/s at batch 32 (32 / median) and
   p50 / p99 latency at batch 1.
 
-Everything runs with ``--threads`` torch threads (1 by default: two such jobs share the 2-core machine).
+Everything runs with ``--threads`` torch and BLAS threads (1 by default: two such jobs share the 2-core
+machine). A closed form's valid-split selection scores users in batches of at most 512 MiB of scores.
 
     python bench/catalogue_scale.py          # 10^4-10^6 items, 10,000 users: bench/results/
-    python bench/catalogue_scale.py --quick  # same sizes, 2,000 users, fewer repeats (< 10 min)
+    python bench/catalogue_scale.py --quick  # 10^4 and 10^5 items, 1,000 users, fewer repeats (< 10 min)
 
 The last line of stdout is one JSON object with the headline figures. The trainer and the service code
 come from this checkout (``PYTHONPATH`` is set to it for the child processes).
@@ -58,6 +59,7 @@ from _machine import display_path, loadavg, machine_info, write_json  # noqa: E4
 from _synthetic_catalogue import synthetic_catalogue  # noqa: E402
 
 SIZES = (10_000, 100_000, 1_000_000)
+QUICK_SIZES = (10_000, 100_000)  # LD4MRec's signal SVD alone takes ~5 min at 10^6 items on a loaded core
 TOP_K = 20
 GIB = 2**30
 GUARD_HEADROOM = 2 * GIB
@@ -370,6 +372,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     ]
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     series = sorted({(r["model"], r["precision"]) for r in rows})
+    colours = dict(zip(series, plt.get_cmap("tab10").colors, strict=False))
     for ax, (title, get) in zip(axes.flat, panels, strict=True):
         for model, precision in series:
             points = [
@@ -377,15 +380,17 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             ]
             points = [(x, y) for x, y in points if y]
             if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=f"{model} {precision}")
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, marker="o", color=colours[(model, precision)], label=f"{model} {precision}")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("items")
         ax.set_title(title)
         ax.grid(True, which="both", alpha=0.3)
-    axes.flat[0].legend(fontsize=8)
-    fig.suptitle("Catalogue scaling (synthetic data, fixed users, 1 torch thread)")
-    fig.tight_layout()
+    handles = [plt.Line2D([], [], color=colours[s], marker="o", label=f"{s[0]} {s[1]}") for s in series]
+    fig.legend(handles=handles, loc="lower center", ncol=len(series), fontsize=9)
+    fig.suptitle("Catalogue scaling (synthetic data, fixed users, 1 thread; LD4MRec at 10^6: width by rule)")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -417,7 +422,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--timeout-s", type=float, default=3600.0, help="per child process")
-    parser.add_argument("--quick", action="store_true", help="2,000 users, 1 timed step, fewer repeats")
+    parser.add_argument(
+        "--quick", action="store_true", help="10^4 and 10^5 items, 1,000 users, 1 timed step, fewer repeats"
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--child", choices=("train", "serve"), help=argparse.SUPPRESS)
@@ -436,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.quick:
-        args.users, args.steps, args.reps32, args.reps1, args.budget_s = 2_000, 1, 10, 100, 5.0
+        args.users, args.steps, args.reps32, args.reps1, args.budget_s = 1_000, 1, 5, 50, 3.0
+        if args.sizes == ",".join(str(s) for s in SIZES):
+            args.sizes = ",".join(str(s) for s in QUICK_SIZES)
     from model.registry import get_model, model_names
 
     sizes = [int(s) for s in args.sizes.split(",") if s]

@@ -101,6 +101,7 @@ def run_training(config: str, data: Path, workdir: Path, epochs: int, extra: lis
         "seconds_per_epoch": statistics.median(seconds),
         "epoch_seconds": [round(s, 4) for s in seconds],
         "wall_s": round(wall, 2),
+        "n_items": manifest["n_items"],
         "world_size": manifest["training"]["world_size"],
         "backend": manifest["training"]["backend"],
         "loadavg_after": loadavg(),

@@ -13,7 +13,7 @@ training step is dense: a step holds several (batch, items) float32 tensors. A f
 
 plus the signal basis (item factors, modality features, the fold-in projection) and a baseline (the
 interpreter, torch, the data). The constants fit peak RSS measured by ``bench/catalogue_scale.py``'s
-training child within +4 % to +13 % (10^4 to 10^6 items, widths 64 to 1000; BENCHMARKS.md, "Catalogue
+training child within -3 % to +13 % (10^4 to 10^6 items, widths 64 to 1000; BENCHMARKS.md, "Catalogue
 scaling"). At 10^6 items the defaults (width 1000, batch 400) need about 55 GiB; :func:`fitting_config`
 finds the widest network and the largest batch under a budget.
 """
