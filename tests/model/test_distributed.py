@@ -49,13 +49,15 @@ def _toy() -> nn.Module:
 def _gradients(module: nn.Module, ctx: FitContext) -> dict[str, np.ndarray]:
     """Gradient of the batch loss (mean of squared outputs) of each batch size, through ``ctx``'s helpers."""
     wrapped = wrap_module(module, ctx)
-    out = {}
+    out: dict[str, np.ndarray] = {}
     for n in BATCH_SIZES:
         batch = _rows()[:n]
         values = wrapped(local_part(batch, ctx)).squeeze(1) ** 2
         module.zero_grad(set_to_none=True)
         batch_mean(values, ctx, n).backward()
-        out[f"grad_{n}"] = torch.cat([p.grad.flatten() for p in module.parameters()]).numpy().copy()
+        grads = [p.grad for p in module.parameters()]
+        assert all(g is not None for g in grads)
+        out[f"grad_{n}"] = torch.cat([g.flatten() for g in grads if g is not None]).numpy().copy()
     return out
 
 
@@ -78,7 +80,7 @@ def _worker(rank: int, port: int, out_dir: str, data_dir: str) -> None:
     assert model._fit is not None
     results["weights"] = torch.cat([p.detach().flatten() for p in model.net.parameters()]).numpy()
     results["sampler"] = model._fit.sampler.history
-    np.savez(Path(out_dir) / f"rank{rank}.npz", **results)
+    np.savez(Path(out_dir) / f"rank{rank}.npz", **results)  # type: ignore[arg-type]  # (numpy's stub)
     dist.destroy_process_group()
 
 
