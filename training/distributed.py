@@ -9,11 +9,13 @@ training``) or with ``WORLD_SIZE=1`` the run is the single-process one, and noth
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -26,6 +28,7 @@ ENV_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 MAX_WORLD_SIZE = 65_536
 GROUP_TIMEOUT = timedelta(minutes=30)
 """How long a rank waits in a collective (e.g. for rank 0's evaluation) before the run fails."""
+_HAS_DEVICE_ID = dist.is_available() and "device_id" in inspect.signature(dist.init_process_group).parameters
 
 
 class LaunchError(ValueError):
@@ -105,13 +108,10 @@ def start(launch: Launch, device: torch.device) -> Launch:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(
-        backend=backend,
-        rank=launch.rank,
-        world_size=launch.world_size,
-        timeout=GROUP_TIMEOUT,
-        device_id=device if device.type == "cuda" else None,
-    )
+    # device_id (torch >= 2.3) binds the NCCL communicator to this rank's GPU up front
+    bind = {"device_id": device} if device.type == "cuda" and _HAS_DEVICE_ID else {}
+    init = cast(Any, dist.init_process_group)
+    init(backend=backend, rank=launch.rank, world_size=launch.world_size, timeout=GROUP_TIMEOUT, **bind)
     log.info("rank %d of %d joined the %s process group", launch.rank, launch.world_size, backend)
     return replace(launch, backend=backend)
 

@@ -49,7 +49,7 @@ def test_a_catalogue_above_max_items_is_refused_with_the_size_needed() -> None:
 
 
 def test_a_catalogue_larger_than_the_free_memory_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ease_module, "_available_memory_bytes", lambda: ease_memory_bytes(25) - 1)
+    monkeypatch.setattr(ease_module, "available_bytes", lambda: ease_memory_bytes(25) - 1)
     with pytest.raises(EASEMemoryError, match="only 0.0 GiB of memory is available"):
         EASE.create(EASEConfig(), _data(), FitContext())
     assert ease_memory_bytes(18_357) == 24 * 18_357**2  # 7.5 GiB for sports
