@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,7 +65,9 @@ def _gradients(module: nn.Module, ctx: FitContext) -> dict[str, np.ndarray]:
 def _worker(rank: int, port: int, out_dir: str, data_dir: str) -> None:
     """One rank: the helpers on a toy module, then two LD4MRec epochs on the synthetic data."""
     from model.ld4mrec.config import LD4MRecConfig
-    from model.ld4mrec.recommender import LD4MRec
+    from model.registry import get_model
+
+    LD4MRec: Any = get_model("ld4mrec")
     from tests.conftest import TINY_LD4MREC
     from training.dataset import load_dataset
     from training.trainer import training_data

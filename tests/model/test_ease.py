@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -9,7 +11,10 @@ import torch
 
 import model.ease as ease_module
 from model.base import FitContext, TrainingData, UserBatch
-from model.ease import EASE, EASEConfig, EASEMemoryError, _closed_form, ease_memory_bytes
+from model.ease import EASEConfig, EASEMemoryError, _closed_form, ease_memory_bytes
+from model.registry import get_model
+
+EASE: Any = get_model("ease")  # its own attributes are used below
 
 
 def _data(n_users: int = 60, n_items: int = 25, seed: int = 0) -> TrainingData:

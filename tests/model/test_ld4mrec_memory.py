@@ -5,6 +5,7 @@ naming a width and batch that would."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,9 +15,12 @@ import model.ld4mrec.recommender as recommender
 from model.base import FitContext
 from model.ld4mrec.config import LD4MRecConfig
 from model.ld4mrec.memory import BATCHES, WIDTHS, fitting_config, training_bytes
-from model.ld4mrec.recommender import LD4MRec, LD4MRecMemoryError
+from model.ld4mrec.recommender import LD4MRecMemoryError
+from model.registry import get_model
 from training.cli import main as train_cli
 from training.trainer import training_data
+
+LD4MRec: Any = get_model("ld4mrec")  # its own attributes are used below
 
 GIB = 2**30
 
@@ -48,6 +52,7 @@ def test_fitting_config_keeps_what_fits_and_narrows_what_does_not() -> None:
 def test_a_fit_that_would_not_fit_is_refused_before_allocating(
     synthetic_data, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+
     data = training_data(synthetic_data)
     needed = training_bytes(LD4MRecConfig(), data.n_users, data.n_items, [12, 8], data.train.nnz)
     monkeypatch.setattr(recommender, "available_bytes", lambda: needed - 1)

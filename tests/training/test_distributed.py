@@ -17,14 +17,16 @@ import torch
 
 from model.artifact import read_artifact
 from model.base import ConfigError
-from model.ld4mrec.recommender import LD4MRec
 from model.popularity import PopularityConfig
+from model.registry import get_model
 from training.cli import main as train_cli
 from training.config import RunConfig
 from training.distributed import SINGLE_PROCESS, Launch, LaunchError, device_for, from_env
 from training.trainer import train
 
 from ..conftest import TINY_LD4MREC
+
+LD4MRec: Any = get_model("ld4mrec")  # its own attributes are used below
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN_TIMEOUT_S = 300
