@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, choices=model_names(), help="which model to train")
     parser.add_argument("--log", type=Path, default=LOG)
     parser.add_argument("--out", default=None, help="also export the artifact here")
+    parser.add_argument("--candidate", default=None, help="name of the candidate this run measures (logged)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("training.trainer").setLevel(logging.DEBUG)
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     result = train(data, args.model, model_config, run, progress=False)
     row = {
+        **({"candidate": args.candidate} if args.candidate else {}),
         "dataset": args.dataset,
         "model": args.model,
         "overrides": overrides,

@@ -32,6 +32,9 @@ class CNetConfig:
         input_dropout: dropout on the (noisy) behaviour vector before FC_in, training only.
         gate_bias: initial bias of the CG gate; negative starts the collaborative branch near off.
         activation: "tanh" (DiffRec) or "leaky_relu".
+        item_graph: w of the frozen item graph S (0: none); set with :meth:`CNet.set_item_structures`.
+        feature_dim: width of the item features of the feature output layer (0: none).
+        gfcf_prior: whether a GF-CF item-item prior (n, n) is added to the output.
     """
 
     n_items: int
@@ -44,6 +47,9 @@ class CNetConfig:
     input_dropout: float = 0.5
     gate_bias: float = -4.0
     activation: str = "tanh"
+    item_graph: float = 0.0
+    feature_dim: int = 0
+    gfcf_prior: bool = False
 
 
 def _activation(name: str) -> nn.Module:
@@ -125,6 +131,9 @@ class CNet(nn.Module):
 
     signal_mean: torch.Tensor
     signal_std: torch.Tensor
+    item_graph: torch.Tensor | None
+    item_features: torch.Tensor
+    prior: torch.Tensor
 
     def __init__(self, cfg: CNetConfig) -> None:
         super().__init__()
@@ -143,6 +152,42 @@ class CNet(nn.Module):
         width = cfg.collab_dim + sum(cfg.modality_dims)
         self.register_buffer("signal_mean", torch.zeros(width))
         self.register_buffer("signal_std", torch.ones(width))
+        # structural switches: fixed item-side structures rebuilt from the item features (not saved) ...
+        self.register_buffer("item_graph", None, persistent=False)
+        if cfg.feature_dim > 0:
+            self.register_buffer("item_features", torch.zeros(cfg.n_items, cfg.feature_dim), persistent=False)
+            self.feature_proj = nn.Parameter(torch.zeros(cfg.feature_dim, d))
+        # ... and the GF-CF prior, built from the training matrix (saved with the weights)
+        if cfg.gfcf_prior:
+            self.register_buffer("prior", torch.zeros(cfg.n_items, cfg.n_items))
+            self.prior_weight = nn.Parameter(torch.ones(1))
+
+    def set_item_structures(self, graph: torch.Tensor | None, features: torch.Tensor | None) -> None:
+        """Fix the item graph S (n, n) sparse COO and the item features (n, feature_dim) when configured."""
+        if self.cfg.item_graph > 0:
+            if graph is None:
+                raise ValueError("item_graph > 0 needs an item graph")
+            self.item_graph = graph.to(self.item_in.device)
+        if self.cfg.feature_dim > 0:
+            if features is None or tuple(features.shape) != (self.cfg.n_items, self.cfg.feature_dim):
+                raise ValueError(f"feature_output needs ({self.cfg.n_items}, {self.cfg.feature_dim}) item features")
+            self.item_features.copy_(features)
+
+    def _input_table(self) -> torch.Tensor:
+        """The first layer's item table (n, d): ``item_in``, or ``item_in + w S item_in`` with the item graph
+        (the same as smoothing the input row ``x -> x + w x S``)."""
+        if self.item_graph is None:
+            return self.item_in
+        return self.item_in + self.cfg.item_graph * torch.sparse.mm(self.item_graph, self.item_in)
+
+    # -- prior ---------------------------------------------------------------------------------------------
+    def prior_dense(self, x: torch.Tensor) -> torch.Tensor:
+        """GF-CF prior of dense histories x (B, n) -> (B, n), times its learned weight."""
+        return self.prior_weight * torch.sparse.mm(x.to_sparse(), self.prior)
+
+    def prior_sparse(self, item_ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """GF-CF prior of binary histories given as an id list + bag offsets -> (B, n)."""
+        return self.prior_weight * F.embedding_bag(item_ids, self.prior, offsets, mode="sum")
 
     # -- first layer -------------------------------------------------------------------------------------
     def embed_dense(self, x: torch.Tensor, keep_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -156,11 +201,11 @@ class CNet(nn.Module):
                 x = F.dropout(x, p=self.cfg.input_dropout)
             else:
                 x = x * keep_mask / (1.0 - self.cfg.input_dropout)
-        return x @ self.item_in + self.bias_in
+        return x @ self._input_table() + self.bias_in
 
     def embed_sparse(self, item_ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Binary histories as a flat id list + bag offsets (as ``F.embedding_bag``) -> h (B, d)."""
-        return F.embedding_bag(item_ids, self.item_in, offsets, mode="sum") + self.bias_in
+        return F.embedding_bag(item_ids, self._input_table(), offsets, mode="sum") + self.bias_in
 
     # -- conditions ----------------------------------------------------------------------------------------
     def set_signal_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
@@ -184,7 +229,12 @@ class CNet(nn.Module):
                 h = self.pg_act(h)
             h = block(h, m)
         h = self.cg_second(h, z, c)
-        return self.out(h)
+        y = self.out(h)
+        if self.cfg.feature_dim > 0:
+            y = y + (h @ self.feature_proj.T) @ self.item_features.T
+        if self.item_graph is not None:
+            y = y + self.cfg.item_graph * torch.sparse.mm(self.item_graph, y.T).T
+        return y
 
     def forward(self, x: torch.Tensor, z: torch.Tensor, signals: torch.Tensor) -> torch.Tensor:
         """Dense path for binary x (B, n), z (B, d_fwd), signals (B, width) -> x0_hat (B, n)."""

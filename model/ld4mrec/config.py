@@ -50,6 +50,26 @@ class LD4MRecConfig(ModelConfig):
     loss_user_norm: bool = option(
         True, "divide each user's loss by sqrt(history length) (stabilises sparse data; ablation)"
     )
+    # structural ablation switches, all off by default (BENCHMARKS.md, "Structural candidates")
+    item_graph: float = option(
+        0.0,
+        "w of the frozen modality kNN item graph S (top-10 cosine per modality, FREEDOM-style, mean over "
+        "modalities): input table item_in + w S item_in and scores y + w y S^T; 0 = off (no effect without "
+        "item features)",
+    )
+    feature_output: bool = option(
+        False,
+        "output layer's item side = free weights + standardised item features x a learned projection (scores "
+        "items without training clicks from their features; no effect without item features)",
+    )
+    gfcf_prior: bool = option(
+        False,
+        "add GF-CF's item-item filter of the history (training: of its visible part) to C-Net's output, with a "
+        "learned weight calibrated at start (a residual denoiser on a closed-form prior)",
+    )
+    rank_loss: float = option(
+        0.0, "weight of a listwise term -sum_i in history log softmax(x0_hat)_i added to each user's loss; 0 = off"
+    )
     importance_history: int = option(10, "losses kept per step for importance sampling of steps")
     importance_uniform_mix: float = option(0.001, "share of uniform step sampling mixed in")
 
@@ -72,6 +92,8 @@ class LD4MRecConfig(ModelConfig):
             ("inference_step", 0 <= self.inference_step <= self.steps),
             ("soft_p", 0 <= self.soft_p <= 1),
             ("soft_gamma", 0 <= self.soft_gamma <= 0.5),
+            ("item_graph", 0 <= self.item_graph <= 10),
+            ("rank_loss", 0 <= self.rank_loss <= 100),
             ("importance_history", 1 <= self.importance_history <= 10_000),
             ("importance_uniform_mix", 0 <= self.importance_uniform_mix <= 1),
         ]

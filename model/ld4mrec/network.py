@@ -103,14 +103,21 @@ class LD4MRecNet(nn.Module):
         t: torch.Tensor,
         signals: torch.Tensor,
         keep_mask: torch.Tensor | None = None,
+        prior_input: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The training pass: noisy x_t (B, n) at steps t (B,) of users ``user_index`` (B,), condition
-        ``signals`` (B, width), input-dropout ``keep_mask`` (B, n) or None -> x0_hat (B, n).
+        ``signals`` (B, width), input-dropout ``keep_mask`` (B, n) or None -> x0_hat (B, n). With the GF-CF
+        prior, ``prior_input`` (B, n) is the (visible) history it filters.
 
         The one entry point of training, so that a DistributedDataParallel wrapper sees every parameter."""
         h = self.cnet.embed_dense(x_t, keep_mask=keep_mask)
         z = self.training_step_embedding(user_index, t)
-        return self.cnet.forward_hidden(h, z, signals)
+        x0_hat = self.cnet.forward_hidden(h, z, signals)
+        if self.cnet.cfg.gfcf_prior:
+            if prior_input is None:
+                raise ValueError("the GF-CF prior needs prior_input")
+            x0_hat = x0_hat + self.cnet.prior_dense(prior_input)
+        return x0_hat
 
     # -- inference -----------------------------------------------------------------------------------------
     def inference_step_embedding(self, user_index: torch.Tensor) -> torch.Tensor:
@@ -127,7 +134,10 @@ class LD4MRecNet(nn.Module):
 
         ``batch.states`` are the condition signals (B, width)."""
         h = self.cnet.embed_sparse(batch.item_ids, batch.offsets)
-        return self.cnet.forward_hidden(h, self.inference_step_embedding(batch.user_index), batch.states)
+        scores = self.cnet.forward_hidden(h, self.inference_step_embedding(batch.user_index), batch.states)
+        if self.cnet.cfg.gfcf_prior:
+            scores = scores + self.cnet.prior_sparse(batch.item_ids, batch.offsets)
+        return scores
 
     def score_forward_noised(
         self,
@@ -163,5 +173,7 @@ class LD4MRecNet(nn.Module):
             z = step_embedding(step, self.cnet.cfg.step_dim).to(z_in.dtype) + z_in
             h = self.cnet.embed_dense(x_t)
             x0_hat = self.cnet.forward_hidden(h, z, batch.states)
+            if self.cnet.cfg.gfcf_prior:
+                x0_hat = x0_hat + self.cnet.prior_dense(x0)
             x_t = schedule.posterior_mean(x0_hat, x_t, t) if t > 1 else x0_hat
         return x_t

@@ -30,6 +30,7 @@ from model.distributed import batch_mean, gather_rows, local_part, mean_over_ran
 from model.ld4mrec.cnet import CNet, CNetConfig
 from model.ld4mrec.config import LD4MRecConfig
 from model.ld4mrec.diffusion import DiffusionSchedule
+from model.ld4mrec.item_graphs import gfcf_prior, modality_knn_graph, standardised_features
 from model.ld4mrec.memory import fitting_config, training_bytes
 from model.ld4mrec.network import LD4MRecNet
 from model.ld4mrec.sampler import ImportanceStepSampler
@@ -82,7 +83,36 @@ def _cnet_config(
         input_dropout=cfg.input_dropout,
         gate_bias=cfg.gate_bias,
         activation=cfg.activation,
+        item_graph=cfg.item_graph if modality_dims else 0.0,
+        feature_dim=sum(modality_dims) if cfg.feature_output else 0,
+        gfcf_prior=cfg.gfcf_prior,
     )
+
+
+def _set_item_structures(net: LD4MRecNet, basis: SignalBasis) -> None:
+    """The item graph and features of the structural switches that are on, rebuilt from the item features."""
+    cfg = net.cnet.cfg
+    graph = modality_knn_graph(basis.modality_features) if cfg.item_graph > 0 else None
+    features = (
+        torch.from_numpy(standardised_features(basis.modality_features)) if cfg.feature_dim > 0 else None
+    )
+    net.cnet.set_item_structures(graph, features)
+
+
+def _set_gfcf_prior(net: LD4MRecNet, train: sp.csr_matrix, rank: int, seed: int) -> None:
+    """Fix the GF-CF prior P of ``train`` and start its weight at the least-squares scale
+    ``<X, XP> / <XP, XP>`` over the training rows X."""
+    prior = gfcf_prior(train, rank, seed=seed)
+    x = sp.csr_matrix(train, dtype=np.float32)
+    num, den = 0.0, 0.0
+    for start in range(0, x.shape[0], 4096):
+        rows = x[start : start + 4096]
+        filtered = np.asarray(rows @ prior)
+        num += float(rows.multiply(filtered).sum())
+        den += float((filtered.astype(np.float64) ** 2).sum())
+    with torch.no_grad():
+        net.cnet.prior.copy_(torch.from_numpy(prior))
+        net.cnet.prior_weight.fill_(num / den if den > 0 else 0.0)
 
 
 def _schedule(cfg: LD4MRecConfig) -> DiffusionSchedule:
@@ -128,6 +158,9 @@ class LD4MRec(Recommender):
         signals = signals_from_histories(projection, data.train)
         cnet_cfg = _cnet_config(cfg, data.n_items, basis.svd_rank, basis.modality_dims)
         net = LD4MRecNet(cnet_cfg, data.n_users, _schedule(cfg), cfg.inference_step, projection)
+        _set_item_structures(net, basis)
+        if cfg.gfcf_prior:
+            _set_gfcf_prior(net, data.train, cfg.svd_rank, ctx.seed)
         active = np.diff(data.train.indptr) > 0
         s = torch.from_numpy(signals[active])
         net.cnet.set_signal_stats(s.mean(dim=0), s.std(dim=0))
@@ -196,17 +229,24 @@ class LD4MRec(Recommender):
         noise = torch.randn(x_in.shape, generator=fit.generator, device=device)
         x_t = net.schedule.add_noise(x_in, steps, noise)
         keep = None
-        if cfg.signal_source == "visible":
+        if cfg.signal_source == "visible" or cfg.gfcf_prior:
             keep = (
                 torch.rand(x_in.shape, generator=fit.generator, device=device) >= cfg.input_dropout
             ).float()
+        if cfg.signal_source == "visible":
+            assert keep is not None
             signals = net.signals_dense(x_in * keep)
         else:
             assert self._signals is not None
             signals = torch.from_numpy(self._signals[batch]).to(device)
-        x0_hat = fit.module(x_t, user_index, steps, signals, keep)
+        # the prior filters the visible part only (as the signals: the target must not leak into it),
+        # rescaled as the input dropout rescales C-Net's input
+        prior_input = x_in * keep / (1.0 - cfg.input_dropout) if cfg.gfcf_prior and keep is not None else None
+        x0_hat = fit.module(x_t, user_index, steps, signals, keep, prior_input)
         target = soft_target(x_in, cfg.soft_p, cfg.soft_gamma, fit.generator) if cfg.soft_labels else x_in
         per_user = ((x0_hat - target) ** 2).sum(dim=1)
+        if cfg.rank_loss > 0:
+            per_user = per_user - cfg.rank_loss * (torch.log_softmax(x0_hat, dim=1) * x_in).sum(dim=1)
         if cfg.loss_user_norm:
             per_user = per_user * x_in.sum(dim=1).clamp_min(1.0).rsqrt()
         loss = batch_mean(per_user * torch.from_numpy(weights_np).float().to(device), ctx, n_global)
@@ -297,6 +337,7 @@ class LD4MRec(Recommender):
         net = LD4MRecNet(cnet_cfg, n_users, _schedule(cfg), cfg.inference_step, basis.projection())
         state = {k[len("cnet.") :]: as_tensor(v) for k, v in arrays.items() if k.startswith("cnet.")}
         net.cnet.load_state_dict(state, strict=True)
+        _set_item_structures(net, basis)
         with torch.no_grad():
             net.z_in.weight.copy_(as_tensor(arrays["z_in"]))
         return cls(cfg, net.to(device).eval(), basis, None)
