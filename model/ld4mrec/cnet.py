@@ -170,7 +170,8 @@ class CNet(nn.Module):
             self.item_graph = graph.to(self.item_in.device)
         if self.cfg.feature_dim > 0:
             if features is None or tuple(features.shape) != (self.cfg.n_items, self.cfg.feature_dim):
-                raise ValueError(f"feature_output needs ({self.cfg.n_items}, {self.cfg.feature_dim}) item features")
+                shape = (self.cfg.n_items, self.cfg.feature_dim)
+                raise ValueError(f"feature_output needs item features of shape {shape}")
             self.item_features.copy_(features)
 
     def _input_table(self) -> torch.Tensor:

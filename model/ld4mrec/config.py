@@ -64,11 +64,12 @@ class LD4MRecConfig(ModelConfig):
     )
     gfcf_prior: bool = option(
         False,
-        "add GF-CF's item-item filter of the history (training: of its visible part) to C-Net's output, with a "
-        "learned weight calibrated at start (a residual denoiser on a closed-form prior)",
+        "add GF-CF's item-item filter of the history (training: of its visible part) to C-Net's output, "
+        "with a learned weight calibrated at start (a residual denoiser on a closed-form prior)",
     )
     rank_loss: float = option(
-        0.0, "weight of a listwise term -sum_i in history log softmax(x0_hat)_i added to each user's loss; 0 = off"
+        0.0,
+        "weight of a listwise term -sum_(i in history) log softmax(x0_hat)_i in each user's loss; 0 = off",
     )
     importance_history: int = option(10, "losses kept per step for importance sampling of steps")
     importance_uniform_mix: float = option(0.001, "share of uniform step sampling mixed in")

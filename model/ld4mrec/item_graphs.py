@@ -13,7 +13,13 @@ import torch
 
 from model.ld4mrec.signals import randomized_svd
 
-__all__ = ["GFCF_LOW_PASS_WEIGHT", "KNN_NEIGHBOURS", "gfcf_prior", "modality_knn_graph", "standardised_features"]
+__all__ = [
+    "GFCF_LOW_PASS_WEIGHT",
+    "KNN_NEIGHBOURS",
+    "gfcf_prior",
+    "modality_knn_graph",
+    "standardised_features",
+]
 
 KNN_NEIGHBOURS = 10
 """k of the modality kNN graphs (LATTICE's and FREEDOM's default)."""
@@ -45,7 +51,8 @@ def modality_knn_graph(features: tuple[np.ndarray, ...], k: int = KNN_NEIGHBOURS
             rows.append(idx[:, None].expand(-1, k).reshape(-1))
             cols.append(top.reshape(-1))
             vals.append(torch.full((idx.numel() * k,), 1.0 / (k * len(features))))
-    graph = torch.sparse_coo_tensor(torch.stack([torch.cat(rows), torch.cat(cols)]), torch.cat(vals), (n, n), check_invariants=True)
+    index = torch.stack([torch.cat(rows), torch.cat(cols)])
+    graph = torch.sparse_coo_tensor(index, torch.cat(vals), (n, n), check_invariants=True)
     return graph.coalesce()
 
 
