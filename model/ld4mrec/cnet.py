@@ -154,6 +154,7 @@ class CNet(nn.Module):
         self.register_buffer("signal_std", torch.ones(width))
         # structural switches: fixed item-side structures rebuilt from the item features (not saved) ...
         self.register_buffer("item_graph", None, persistent=False)
+        self._table_cache: tuple[tuple[int, int], torch.Tensor] | None = None
         if cfg.feature_dim > 0:
             self.register_buffer("item_features", torch.zeros(cfg.n_items, cfg.feature_dim), persistent=False)
             self.feature_proj = nn.Parameter(torch.zeros(cfg.feature_dim, d))
@@ -179,7 +180,15 @@ class CNet(nn.Module):
         (the same as smoothing the input row ``x -> x + w x S``)."""
         if self.item_graph is None:
             return self.item_in
-        return self.item_in + self.cfg.item_graph * torch.sparse.mm(self.item_graph, self.item_in)
+        if torch.is_grad_enabled() and self.item_in.requires_grad:  # training: through the graph
+            return self.item_in + self.cfg.item_graph * torch.sparse.mm(self.item_graph, self.item_in)
+        # scoring: once per version of item_in (every optimiser step and load bumps it)
+        key = (self.item_in._version, self.item_in.data_ptr())
+        if self._table_cache is None or self._table_cache[0] != key:
+            with torch.no_grad():
+                table = self.item_in + self.cfg.item_graph * torch.sparse.mm(self.item_graph, self.item_in)
+            self._table_cache = (key, table)
+        return self._table_cache[1]
 
     # -- prior ---------------------------------------------------------------------------------------------
     def prior_dense(self, x: torch.Tensor) -> torch.Tensor:
