@@ -26,7 +26,8 @@ from model.registry import get_model
 from training.dataset import load_dataset
 from training.trainer import training_data
 
-DATASETS = Path(os.environ.get("LD4MREC_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+DEFAULT_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+DATASETS = Path(os.environ.get("LD4MREC_DATASETS", DEFAULT_DATASETS))
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
@@ -76,7 +77,7 @@ def main() -> None:
             "s_per_epoch": round(float(np.median(epoch_s[name])), 2) if epoch_s[name] else None,
         }
     base = rows["default"]
-    for name, row in rows.items():
+    for row in rows.values():
         row["throughput_vs_default"] = round(row["users_per_s_batch32"] / base["users_per_s_batch32"], 3)
         if row["s_per_epoch"] is not None and base["s_per_epoch"]:
             row["epoch_time_vs_default"] = round(row["s_per_epoch"] / base["s_per_epoch"], 3)
