@@ -68,7 +68,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 model.score(batch)
                 latency[name].append(time.perf_counter() - t0)
-    rows = {}
+    rows: dict[str, dict[str, Any]] = {}
     for name in VARIANTS:
         med = float(np.median(latency[name]))
         rows[name] = {
