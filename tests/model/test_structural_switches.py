@@ -23,6 +23,7 @@ from training.trainer import TrainResult, train
 from ..conftest import TINY_LD4MREC
 
 RUN = RunConfig(epochs=2, patience=2, threads=1, seed=3)
+ALL_OFF: dict[str, Any] = {"item_graph": 0.0, "feature_output": False, "gfcf_prior": False, "rank_loss": 0.0}
 SWITCHES: dict[str, dict[str, Any]] = {
     "item_graph": {"item_graph": 1.0},
     "feature_output": {"feature_output": True},
@@ -32,7 +33,9 @@ SWITCHES: dict[str, dict[str, Any]] = {
 
 
 def _train(data: InteractionData, **switch: Any) -> TrainResult:
-    return train(data, "ld4mrec", LD4MRecConfig.from_dict(TINY_LD4MREC | switch), RUN, progress=False)
+    """Every structural switch off but ``switch``."""
+    config = LD4MRecConfig.from_dict(TINY_LD4MREC | ALL_OFF | switch)
+    return train(data, "ld4mrec", config, RUN, progress=False)
 
 
 def _scores(result: TrainResult, histories: sp.csr_matrix, states: np.ndarray) -> torch.Tensor:
