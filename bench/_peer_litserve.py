@@ -29,12 +29,13 @@ from _peer_model import TopK  # noqa: E402
 class RecommendAPI(ls.LitAPI):
     """One request: ``{"user_id": str, "k": int}`` -> the top-k answer (``TopK.recommend``)."""
 
-    def __init__(self, artifact: str, **kwargs: Any) -> None:
+    def __init__(self, artifact: str, precision: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.artifact = artifact
+        self.precision = precision
 
     def setup(self, device: str) -> None:
-        self.scorer = TopK(self.artifact, torch_threads=1)
+        self.scorer = TopK(self.artifact, torch_threads=1, precision=self.precision)
 
     def decode_request(self, request):  # unannotated: LitServe then passes the parsed JSON body
         return str(request["user_id"]), int(request.get("k", 20))
@@ -62,9 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--wait-ms", type=float, default=2.0)
     p.add_argument("--no-fast-queue", action="store_true")
+    p.add_argument("--precision", default="fp32")
     args = p.parse_args(argv)
     api = RecommendAPI(
-        args.artifact, max_batch_size=args.max_batch, batch_timeout=args.wait_ms / 1e3, api_path="/recommend"
+        args.artifact,
+        args.precision,
+        max_batch_size=args.max_batch,
+        batch_timeout=args.wait_ms / 1e3,
+        api_path="/recommend",
     )
     server = ls.LitServer(
         api,

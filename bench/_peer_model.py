@@ -39,13 +39,15 @@ class TopK:
     Args:
         artifact: the artifact directory (read and verified by ``model.artifact.read_artifact``).
         torch_threads: intra-op threads of this process (a peer runs one scorer per core: 1).
+        precision: what ``Recommender.with_precision`` serves (our service's ``LD4MREC_PRECISION``).
     """
 
-    def __init__(self, artifact: str | Path, torch_threads: int = 1) -> None:
+    def __init__(self, artifact: str | Path, torch_threads: int = 1, precision: str = "fp32") -> None:
         if torch_threads > 0:
             torch.set_num_threads(torch_threads)
         art = read_artifact(artifact, "cpu", mmap=True)
-        self.model = art.model
+        self.precision = precision
+        self.model = art.model.with_precision(precision)
         self.model_version = art.model_version
         self.histories = art.train_histories
         self.states = art.user_states

@@ -29,7 +29,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def build_app(artifact: str, replicas: int, max_batch: int, wait_s: float, max_ongoing: int) -> Any:
+def build_app(
+    artifact: str, replicas: int, max_batch: int, wait_s: float, max_ongoing: int, precision: str
+) -> Any:
     from ray import serve
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -40,10 +42,10 @@ def build_app(artifact: str, replicas: int, max_batch: int, wait_s: float, max_o
         ray_actor_options={"num_cpus": 1},
     )
     class Recommend:
-        def __init__(self, artifact: str) -> None:
+        def __init__(self, artifact: str, precision: str) -> None:
             from _peer_model import TopK
 
-            self.scorer = TopK(artifact, torch_threads=1)
+            self.scorer = TopK(artifact, torch_threads=1, precision=precision)
 
         @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=wait_s)
         async def top(self, user_ids: list[str], ks: list[int]) -> list[dict[str, Any] | None]:
@@ -60,7 +62,7 @@ def build_app(artifact: str, replicas: int, max_batch: int, wait_s: float, max_o
                 return JSONResponse({"detail": f"unknown user {user_id[:64]!r}"}, status_code=404)
             return JSONResponse(answer)
 
-    return Recommend.bind(artifact)
+    return Recommend.bind(artifact, precision)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,12 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-ms", type=float, default=2.0)
     p.add_argument("--max-ongoing", type=int, default=256)
     p.add_argument("--object-store-mb", type=int, default=128)
+    p.add_argument("--precision", default="fp32")
     args = p.parse_args(argv)
 
     import ray
     from ray import serve
 
     ray.init(
+        address="local",  # a new local instance, never an existing cluster
         num_cpus=args.replicas,
         include_dashboard=False,
         object_store_memory=args.object_store_mb * 2**20,
@@ -89,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": args.port})
-        app = build_app(args.artifact, args.replicas, args.max_batch, args.wait_ms / 1e3, args.max_ongoing)
+        app = build_app(
+            args.artifact, args.replicas, args.max_batch, args.wait_ms / 1e3, args.max_ongoing, args.precision
+        )
         serve.run(app, name="recommend", route_prefix="/recommend", blocking=False)
         print("READY", flush=True)
         stop.wait()

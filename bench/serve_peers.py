@@ -231,14 +231,14 @@ def start_ours(artifact: Path, store: str, workdir: Path) -> Server:
     return server
 
 
-def start_ray(artifact: Path, workdir: Path, n: int, haproxy: bool) -> Server:
+def start_ray(artifact: Path, workdir: Path, n: int, haproxy: bool, precision: str) -> Server:
     port = free_port()
     env = _peer_env() | {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
     if haproxy:
         env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
     cmd = [sys.executable, str(BENCH_DIR / "_peer_ray.py"), "--artifact", str(artifact), "--port", str(port)]
     cmd += ["--replicas", str(n), "--max-batch", str(PEER_MAX_BATCH), "--wait-ms", str(PEER_WAIT_MS)]
-    cmd += ["--max-ongoing", str(RAY_MAX_ONGOING)]
+    cmd += ["--max-ongoing", str(RAY_MAX_ONGOING), "--precision", precision]
     proc, log_path = _spawn("ray", cmd, workdir, env)
     settings = {
         "num_replicas": n,
@@ -250,15 +250,16 @@ def start_ray(artifact: Path, workdir: Path, n: int, haproxy: bool) -> Server:
             k: env[k] for k in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY") if k in env
         },
         "ingress": "HAProxy" if haproxy else "Ray Serve's Python proxy",
+        "precision": precision,
     }
     return Server("ray", proc, log_path, f"http://127.0.0.1:{port}", settings, stop_grace_s=40.0)
 
 
-def start_litserve(artifact: Path, workdir: Path, n: int) -> Server:
+def start_litserve(artifact: Path, workdir: Path, n: int, precision: str) -> Server:
     port = free_port()
     cmd = [sys.executable, str(BENCH_DIR / "_peer_litserve.py"), "--artifact", str(artifact)]
     cmd += ["--port", str(port), "--workers", str(n), "--max-batch", str(PEER_MAX_BATCH)]
-    cmd += ["--wait-ms", str(PEER_WAIT_MS)]
+    cmd += ["--wait-ms", str(PEER_WAIT_MS), "--precision", precision]
     proc, log_path = _spawn("litserve", cmd, workdir, _peer_env())
     settings = {
         "accelerator": "cpu",
@@ -268,10 +269,41 @@ def start_litserve(artifact: Path, workdir: Path, n: int) -> Server:
         "fast_queue": True,
         "num_api_servers": f"default (= inference workers, {n})",
         "LitAPI": {"max_batch_size": PEER_MAX_BATCH, "batch_timeout": PEER_WAIT_MS / 1e3},
+        "precision": precision,
     }
     return Server(
         "litserve", proc, log_path, f"http://127.0.0.1:{port}", settings, post_body=True, stop_grace_s=8.0
     )
+
+
+def reference_answers(artifact: Path, users: Sequence[str], precision: str) -> dict[str, list[str]]:
+    """Top-20 item ids of ``users`` from ``model.api`` (the model layer's public API, another code path
+    than the peers' and ours), in ``precision``."""
+    from model.api import TrainedRecommender
+
+    art = read_artifact(artifact)
+    art.model = art.model.with_precision(precision)
+    rec = TrainedRecommender(art)
+    return {u: [item.item_id for item in rec.recommend(u, k=K)] for u in users}
+
+
+def agreement(server: Server, reference: dict[str, list[str]]) -> dict[str, Any]:
+    """How far the server's top-20 matches ``reference``: mean overlap of the item sets (|a & b| / 20) and
+    the share of users with the identical ranked list; any non-200 answer counts as no overlap."""
+    overlaps, identical = [], 0
+    with httpx.Client(base_url=server.base_url, timeout=10.0) as client:
+        for user, expected in reference.items():
+            req = server.request(user)
+            resp = client.request(req.method, req.url, json=req.body)
+            got = [i["item_id"] for i in resp.json()["items"]] if resp.status_code == 200 else []
+            overlaps.append(len(set(got) & set(expected)) / max(1, len(expected)))
+            identical += got == expected
+    n = len(reference)
+    return {
+        "users": n,
+        "mean_overlap": round(float(np.mean(overlaps)), 4) if n else None,
+        "identical_share": round(identical / n, 4) if n else None,
+    }
 
 
 # -- steps ---------------------------------------------------------------------------------------------------
@@ -405,7 +437,13 @@ async def warm_up(server: Server, plan: Plan, workdir: Path) -> None:
 
 
 async def run_server(
-    name: str, args: argparse.Namespace, artifact: Path, plan: Plan, workdir: Path, log: Log
+    name: str,
+    args: argparse.Namespace,
+    artifact: Path,
+    plan: Plan,
+    reference: dict[str, list[str]],
+    workdir: Path,
+    log: Log,
 ) -> dict[str, Any]:
     """Start one server, warm it, measure its idle CPU and the ladder, stop it (always)."""
     n = args.workers or cores()
@@ -414,22 +452,26 @@ async def run_server(
     if name == "ours":
         server = start_ours(artifact, args.ours_store, workdir)
     elif name == "ray":
-        server = start_ray(artifact, workdir, n, haproxy=not args.ray_no_haproxy)
+        server = start_ray(artifact, workdir, n, not args.ray_no_haproxy, args.peer_precision)
     else:
-        server = start_litserve(artifact, workdir, n)
+        server = start_litserve(artifact, workdir, n, args.peer_precision)
     record: dict[str, Any] = {"server": name, "settings": server.settings}
     try:
         await asyncio.to_thread(wait_until_answers, server, plan.users[0], args.start_timeout_s)
         record["start_s"] = round(time.perf_counter() - t0, 1)
+        record["top20_vs_model_api"] = await asyncio.to_thread(agreement, server, reference)
         await warm_up(server, plan, workdir)
         cpu0, wall0 = server.cpu_seconds(), time.perf_counter()
         await asyncio.sleep(plan.idle_s)
         record["idle_cpu_cores"] = round((server.cpu_seconds() - cpu0) / (time.perf_counter() - wall0), 3)
         record["pss_mib"] = server.pss_mib()
         record["processes"] = len(process_tree(server.proc.pid)) + len(server.extra_pids)
+        agree = record["top20_vs_model_api"]
         log(
             f"  ready in {record['start_s']:.1f} s, warmed up; {record['processes']} processes, "
-            f"PSS {record['pss_mib']} MiB, idle CPU {record['idle_cpu_cores']} cores"
+            f"PSS {record['pss_mib']} MiB, idle CPU {record['idle_cpu_cores']} cores; top-20 vs model.api "
+            f"on {agree['users']} users: overlap {agree['mean_overlap']}, "
+            f"identical {agree['identical_share']}"
         )
         record["open_loop"] = await ladder(server, args.rates, args.patience, args.refine, plan, workdir, log)
     finally:
@@ -472,6 +514,7 @@ def server_figures(record: dict[str, Any], common: float) -> dict[str, Any]:
         "errors": sum(s["errors"] for s in steps),
         "steps": len(steps),
         "idle_cpu_cores": record.get("idle_cpu_cores"),
+        "top20_overlap_vs_model_api": (record.get("top20_vs_model_api") or {}).get("mean_overlap"),
         "pss_mib": record.get("pss_mib"),
         "start_s": record.get("start_s"),
     }
@@ -548,6 +591,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0, help="Ray replicas / LitServe workers (0: the cores)")
     p.add_argument("--ours-store", choices=("memory", "redis"), default="memory", help="our history store")
     p.add_argument(
+        "--peer-precision",
+        default="fp32",
+        help="what the peers serve (Recommender.with_precision); keep it at ours' LD4MREC_PRECISION",
+    )
+    p.add_argument("--check-users", type=int, default=32, help="users of the top-20 check against model.api")
+    p.add_argument(
         "--ray-no-haproxy", action="store_true", help="Ray Serve's Python proxy instead of HAProxy"
     )
     p.add_argument(
@@ -612,10 +661,16 @@ def main(argv: Sequence[str] | None = None, log: Log = print) -> dict[str, Any]:
         users,
         args.seed,
     )
+    check_users = plan.user_stream(args.check_users, salt=2)
+    reference = reference_answers(choice.path, check_users, args.peer_precision)
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="serve-peers-") as tmp:
         for name in names:
-            records.append(asyncio.run(run_server(name, args, choice.path, plan, Path(tmp), log)))
+            record = asyncio.run(run_server(name, args, choice.path, plan, reference, Path(tmp), log))
+            records.append(record)
+            served = record["settings"].get("precision")
+            if name == "ours" and served not in (None, args.peer_precision):
+                log(f"  NOTE: ours serves {served}, the peers {args.peer_precision} (--peer-precision)")
 
     common = common_rate(records, args.rates)
     figures = {r["server"]: server_figures(r, common) for r in records}
@@ -677,6 +732,8 @@ def main(argv: Sequence[str] | None = None, log: Log = print) -> dict[str, Any]:
             "utime+stime+cutime+cstime from /proc) / the step's wall time = cores used",
             "common_rate": "the highest ladder rate every server passed (p99 <= 50 ms, no error); else the "
             "lowest ladder rate",
+            "top20_vs_model_api": f"per server, before the warm-up: the answers for {args.check_users} "
+            "users vs model.api's recommend(user, k=20) (mean set overlap, identical ranked lists)",
         },
         "servers": records,
         "headline": headline,
