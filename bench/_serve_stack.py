@@ -242,10 +242,12 @@ def start_service(
     workdir: Path,
     device: str = "cpu",
     timeout_s: float = 180.0,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[ManagedProcess, str]:
     """``python -m service`` on a free loopback port with the Redis history store (``redis_url`` None: its
-    in-process store), ``config``'s settings (None: the service's own defaults) and ``api_key`` ("" =
-    none); waits until ``/readyz`` says ``ready``. Returns the process and its base URL."""
+    in-process store), ``config``'s settings (None: the service's own defaults), ``api_key`` ("" = none)
+    and ``extra_env`` on top; waits until ``/readyz`` says ``ready``. Returns the process and its base
+    URL."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LD4MREC_")}
     env |= (config.env() if config is not None else {}) | {
@@ -255,6 +257,7 @@ def start_service(
     }
     if redis_url is not None:
         env["LD4MREC_REDIS_URL"] = redis_url
+    env |= extra_env or {}
     cmd = [sys.executable, "-m", "service", "--artifact", str(artifact), "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
     service = _spawn("service", cmd, workdir / f"service-{port}.log", env)

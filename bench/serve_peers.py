@@ -71,6 +71,7 @@ import torch
 
 from _loadgen import Request, run_step, summarise
 from _machine import display_path, loadavg, machine_info, write_json
+from _profile import start_profiler, summarise_profile
 from _serve_stack import (
     free_port,
     process_tree,
@@ -85,13 +86,14 @@ from serve_load import SPORTS_DIR, code_state, resolve_artifact, utc_now
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
+CACHE_DIR = BENCH_DIR / ".cache"
 SLO_MS = 50.0
 K = 20
 SERVERS = ("ours", "ray", "litserve")
 PEERS = ("ray", "litserve")
 PEER_MODULES = {"ray": "ray.serve", "litserve": "litserve"}
-QUICK_RATES = (100, 160, 250, 400, 630, 1000, 1600)
-FULL_RATES = (60, 90, 135, 200, 300, 450, 680, 1000, 1500, 2250)
+QUICK_RATES = (25, 40, 63, 100, 160, 250, 400, 630, 1000, 1600)  # x ~1.58 per step
+FULL_RATES = (20, 30, 45, 68, 100, 150, 225, 340, 500, 750, 1100, 1700, 2500)  # x 1.5
 PEER_MAX_BATCH = 64  # the same bound as our service's default LD4MREC_MAX_BATCH
 PEER_WAIT_MS = 2.0  # and its default LD4MREC_MAX_WAIT_MS
 RAY_MAX_ONGOING = 256
@@ -207,19 +209,24 @@ def wait_until_answers(server: Server, user_id: str, timeout_s: float) -> None:
     )
 
 
-def start_ours(artifact: Path, store: str, workdir: Path) -> Server:
-    """Our service as serve_load starts it, with its own defaults (no batching settings, no API key)."""
+def start_ours(artifact: Path, store: str, workdir: Path, extra_env: dict[str, str]) -> Server:
+    """Our service as serve_load starts it, with its own defaults (no batching settings, no API key)
+    unless ``extra_env`` (``--ours-env``) sets some."""
     redis = None
     redis_url = None
     if store == "redis":
         redis, redis_url = start_redis(workdir)
     try:
-        service, base_url = start_service(artifact, redis_url, None, "", workdir)
+        service, base_url = start_service(artifact, redis_url, None, "", workdir, extra_env=extra_env)
     except BaseException:
         if redis is not None:
             redis.stop()
         raise
-    settings = {"store": store, "defaults": "the service's own (no LD4MREC_MAX_BATCH / _MAX_WAIT_MS / ...)"}
+    settings: dict[str, Any] = {
+        "store": store,
+        "defaults": "the service's own (no LD4MREC_MAX_BATCH / _MAX_WAIT_MS / ...)",
+        "env": extra_env,
+    }
     with contextlib.suppress(httpx.HTTPError, ValueError):
         info = httpx.get(f"{base_url}/model", timeout=5.0).json()
         settings["precision"] = info.get("precision")
@@ -421,6 +428,54 @@ async def ladder(
     return sorted(steps, key=lambda s: s["offered_rps"])
 
 
+async def profile_step(
+    server: Server,
+    steps: Sequence[dict[str, Any]],
+    rates: Sequence[float],
+    plan: Plan,
+    workdir: Path,
+    log: Log,
+) -> dict[str, Any]:
+    """One more open-loop step under py-spy (``_profile``; one profiler per process of the server's tree),
+    at the server's highest passing ladder rate (else the lowest ladder rate): where its CPU goes, by
+    thread and by layer of the stack, per process."""
+    passing = [s["offered_rps"] for s in steps if passes_slo(s) and not s.get("refine")]
+    rate = max(passing) if passing else float(min(rates))
+    seconds = plan.open_step_s(rate)
+    files = {pid: workdir / f"profile-{server.name}-{pid}.txt" for pid in process_tree(server.proc.pid)}
+    profilers = {pid: start_profiler(pid, seconds, path) for pid, path in files.items()}
+    if any(p is None for p in profilers.values()):
+        return {"error": "py-spy not found next to the Python executable (pip install py-spy)"}
+    try:
+        step = await measured_step(server, rate, plan, workdir)
+        for prof in profilers.values():
+            if prof is not None:
+                prof.communicate(timeout=seconds + 30)
+    finally:
+        for prof in profilers.values():
+            if prof is not None and prof.poll() is None:
+                prof.kill()
+                prof.wait()
+    log(step_line(server.name, step) + "  (profiled)")
+    out: dict[str, Any] = {"rate": rate, "step": step, "processes": {}}
+    for pid, path in files.items():
+        if not path.is_file():
+            out["processes"][str(pid)] = {"error": "py-spy wrote nothing"}
+            continue
+        keep = CACHE_DIR / f"serve_peers_profile_{server.name}_{len(out['processes'])}.txt"
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        keep.write_bytes(path.read_bytes())
+        summary = summarise_profile(path, seconds)
+        out["processes"][str(pid)] = {"folded_stacks": display_path(keep), **summary}
+        if "thread_busy_pct_of_one_core" in summary:
+            log(
+                "    busy % of one core: "
+                + ", ".join(f"{k} {v}" for k, v in summary["thread_busy_pct_of_one_core"])
+            )
+            log("    by layer %:         " + "; ".join(f"{k} {v}" for k, v in summary["by_layer_pct"]))
+    return out
+
+
 async def warm_up(server: Server, plan: Plan, workdir: Path) -> None:
     requests = [server.request(u) for u in plan.user_stream(4000, salt=1)]
     await asyncio.to_thread(
@@ -450,7 +505,7 @@ async def run_server(
     t0 = time.perf_counter()
     log(f"\n[{name}] starting")
     if name == "ours":
-        server = start_ours(artifact, args.ours_store, workdir)
+        server = start_ours(artifact, args.ours_store, workdir, args.ours_env)
     elif name == "ray":
         server = start_ray(artifact, workdir, n, not args.ray_no_haproxy, args.peer_precision)
     else:
@@ -474,6 +529,10 @@ async def run_server(
             f"identical {agree['identical_share']}"
         )
         record["open_loop"] = await ladder(server, args.rates, args.patience, args.refine, plan, workdir, log)
+        if name == "ours" and args.profile:
+            record["profile"] = await profile_step(
+                server, record["open_loop"], args.rates, plan, workdir, log
+            )
     finally:
         record["pids"] = server.stop()
         record["pids"] += server.extra_pids
@@ -591,6 +650,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0, help="Ray replicas / LitServe workers (0: the cores)")
     p.add_argument("--ours-store", choices=("memory", "redis"), default="memory", help="our history store")
     p.add_argument(
+        "--ours-env",
+        action="append",
+        default=[],
+        metavar="LD4MREC_NAME=VALUE",
+        help="a setting of our service on top of its defaults (repeatable; default: none)",
+    )
+    p.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="py-spy our service during one more step at its highest passing rate (default: on)",
+    )
+    p.add_argument(
         "--peer-precision",
         default="fp32",
         help="what the peers serve (Recommender.with_precision); keep it at ours' LD4MREC_PRECISION",
@@ -611,6 +683,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     args.rates = args.rates or list(QUICK_RATES if args.quick else FULL_RATES)
+    try:
+        args.ours_env = dict(kv.split("=", 1) for kv in args.ours_env)
+    except ValueError:
+        p.error("--ours-env wants LD4MREC_NAME=VALUE")
     args.patience = args.patience or (1 if args.quick else 2)
     args.refine = args.refine if args.refine is not None else (1 if args.quick else 2)
     args.step_s = args.step_s or (4.0 if args.quick else 8.0)
