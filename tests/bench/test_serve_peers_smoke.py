@@ -71,7 +71,9 @@ def test_short_run_with_every_installed_server(tiny_artifact: Path, tmp_path: Pa
     out = tmp_path / "serve_peers.json"
     servers = ["ours", *PEERS]  # the missing peers are skipped and said so
     args = [*SHORT, "--artifact", str(tiny_artifact), "--servers", ",".join(servers), "--out", str(out)]
-    env = os.environ | {"PYTHONPATH": str(BENCH.parent)}
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH.parent), os.environ.get("PYTHONPATH")]))
+    }
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600, env=env
     )
