@@ -71,15 +71,9 @@ import torch
 
 from _loadgen import Request, run_step, summarise
 from _machine import display_path, loadavg, machine_info, write_json
+from _proctree import process_tree, tree_cpu_seconds, tree_pss_mib
 from _profile import start_profiler, summarise_profile
-from _serve_stack import (
-    free_port,
-    process_tree,
-    start_redis,
-    start_service,
-    tree_cpu_seconds,
-    tree_pss_mib,
-)
+from _serve_stack import free_port, start_redis, start_service
 from model.artifact import read_artifact
 from serve_load import SPORTS_DIR, code_state, resolve_artifact, utc_now
 
@@ -129,6 +123,7 @@ class Server:
     extra_pids: list[int] = field(default_factory=list)  # measured with the tree (ours' redis-server)
     stop_grace_s: float = 10.0
     stoppers: list[Callable[[], None]] = field(default_factory=list)
+    own_session: bool = False  # started with start_new_session=True: its process group is its own
 
     def request(self, user_id: str) -> Request:
         if self.post_body:
@@ -160,7 +155,10 @@ class Server:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(timeout=10)
-        for pid in set(pids + process_tree(self.proc.pid)) - {self.proc.pid}:
+        if self.own_session:  # everything it started, also what its exit orphaned (LitServe's workers)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        for pid in set(pids) - {self.proc.pid}:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         for stop in self.stoppers:
@@ -259,7 +257,9 @@ def start_ray(artifact: Path, workdir: Path, n: int, haproxy: bool, precision: s
         "ingress": "HAProxy" if haproxy else "Ray Serve's Python proxy",
         "precision": precision,
     }
-    return Server("ray", proc, log_path, f"http://127.0.0.1:{port}", settings, stop_grace_s=40.0)
+    return Server(
+        "ray", proc, log_path, f"http://127.0.0.1:{port}", settings, stop_grace_s=40.0, own_session=True
+    )
 
 
 def start_litserve(artifact: Path, workdir: Path, n: int, precision: str) -> Server:
@@ -279,7 +279,14 @@ def start_litserve(artifact: Path, workdir: Path, n: int, precision: str) -> Ser
         "precision": precision,
     }
     return Server(
-        "litserve", proc, log_path, f"http://127.0.0.1:{port}", settings, post_body=True, stop_grace_s=8.0
+        "litserve",
+        proc,
+        log_path,
+        f"http://127.0.0.1:{port}",
+        settings,
+        post_body=True,
+        stop_grace_s=8.0,
+        own_session=True,
     )
 
 
@@ -509,7 +516,8 @@ async def run_server(
     args: argparse.Namespace,
     artifact: Path,
     plan: Plan,
-    reference: dict[str, list[str]],
+    peer_precision: str,
+    reference_for: Callable[[str], dict[str, list[str]]],
     workdir: Path,
     log: Log,
 ) -> dict[str, Any]:
@@ -520,14 +528,19 @@ async def run_server(
     if name == "ours":
         server = start_ours(artifact, args.ours_store, workdir, args.ours_env)
     elif name == "ray":
-        server = start_ray(artifact, workdir, n, not args.ray_no_haproxy, args.peer_precision)
+        server = start_ray(artifact, workdir, n, not args.ray_no_haproxy, peer_precision)
     else:
-        server = start_litserve(artifact, workdir, n, args.peer_precision)
+        server = start_litserve(artifact, workdir, n, peer_precision)
     record: dict[str, Any] = {"server": name, "settings": server.settings}
     try:
         await asyncio.to_thread(wait_until_answers, server, plan.users[0], args.start_timeout_s)
         record["start_s"] = round(time.perf_counter() - t0, 1)
-        record["top20_vs_model_api"] = await asyncio.to_thread(agreement, server, reference)
+        precision = str(server.settings.get("precision") or "fp32")
+        reference = await asyncio.to_thread(reference_for, precision)
+        record["top20_vs_model_api"] = {
+            "precision": precision,
+            **await asyncio.to_thread(agreement, server, reference),
+        }
         await warm_up(server, plan, workdir)
         cpu0, wall0 = server.cpu_seconds(), time.perf_counter()
         await asyncio.sleep(plan.idle_s)
@@ -669,7 +682,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout-s", type=float, default=5.0, help="client timeout per request (an error)")
     p.add_argument("--start-timeout-s", type=float, default=300.0, help="bound on a server's start")
     p.add_argument("--workers", type=int, default=0, help="Ray replicas / LitServe workers (0: the cores)")
-    p.add_argument("--ours-store", choices=("memory", "redis"), default="memory", help="our history store")
+    p.add_argument(
+        "--ours-store",
+        choices=("memory", "redis"),
+        default="redis",
+        help="our history store: a throw-away redis-server (default; the production setting, and the one "
+        "with which the service runs its default worker count) or the in-process one",
+    )
     p.add_argument(
         "--ours-env",
         action="append",
@@ -685,8 +704,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--peer-precision",
-        default="fp32",
-        help="what the peers serve (Recommender.with_precision); keep it at ours' LD4MREC_PRECISION",
+        default=None,
+        help="what the peers serve (Recommender.with_precision; default: what ours serves, per its "
+        "GET /model, fp32 without ours)",
     )
     p.add_argument("--check-users", type=int, default=32, help="users of the top-20 check against model.api")
     p.add_argument(
@@ -759,15 +779,25 @@ def main(argv: Sequence[str] | None = None, log: Log = print) -> dict[str, Any]:
         args.seed,
     )
     check_users = plan.user_stream(args.check_users, salt=2)
-    reference = reference_answers(choice.path, check_users, args.peer_precision)
+    references: dict[str, dict[str, list[str]]] = {}
+
+    def reference_for(precision: str) -> dict[str, list[str]]:
+        if precision not in references:
+            references[precision] = reference_answers(choice.path, check_users, precision)
+        return references[precision]
+
     records: list[dict[str, Any]] = []
+    peer_precision = args.peer_precision or "fp32"
     with tempfile.TemporaryDirectory(prefix="serve-peers-") as tmp:
         for name in names:
-            record = asyncio.run(run_server(name, args, choice.path, plan, reference, Path(tmp), log))
+            record = asyncio.run(
+                run_server(name, args, choice.path, plan, peer_precision, reference_for, Path(tmp), log)
+            )
             records.append(record)
             served = record["settings"].get("precision")
-            if name == "ours" and served not in (None, args.peer_precision):
-                log(f"  NOTE: ours serves {served}, the peers {args.peer_precision} (--peer-precision)")
+            if name == "ours" and args.peer_precision is None and served:
+                peer_precision = str(served)  # the peers serve what ours serves
+                log(f"  ours serves {served}: so will the peers")
 
     common = common_rate(records, args.rates)
     figures = {r["server"]: server_figures(r, common) for r in records}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 
-from _serve_stack import process_tree, tree_cpu_seconds  # noqa: E402
+from _proctree import process_tree, tree_cpu_seconds  # noqa: E402
 from serve_peers import common_rate, server_figures  # noqa: E402
 
 SCRIPT = BENCH / "serve_peers.py"
@@ -70,7 +71,9 @@ SHORT = [
 def test_short_run_with_every_installed_server(tiny_artifact: Path, tmp_path: Path) -> None:
     out = tmp_path / "serve_peers.json"
     servers = ["ours", *PEERS]  # the missing peers are skipped and said so
+    store = "redis" if shutil.which("redis-server") else "memory"  # redis: the default
     args = [*SHORT, "--artifact", str(tiny_artifact), "--servers", ",".join(servers), "--out", str(out)]
+    args += ["--ours-store", store]
     env = os.environ | {
         "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH.parent), os.environ.get("PYTHONPATH")]))
     }
@@ -103,6 +106,7 @@ def test_short_run_with_every_installed_server(tiny_artifact: Path, tmp_path: Pa
     payload = json.loads(out.read_text(encoding="utf-8"))
     assert payload["headline"] == headline
     assert [r["server"] for r in payload["servers"]] == ran
+    assert payload["servers"][0]["settings"]["store"] == store
     for record in payload["servers"]:
         (step,) = record["open_loop"]
         assert step["offered_rps"] == 20 and step["sent"] == step["ok"] == 10
