@@ -228,7 +228,6 @@ def start_ours(artifact: Path, store: str, workdir: Path, extra_env: dict[str, s
     with contextlib.suppress(httpx.HTTPError, ValueError):
         info = httpx.get(f"{base_url}/model", timeout=5.0).json()
         settings["precision"] = info.get("precision")
-        settings["workers"] = info.get("workers")
     server = Server("ours", service.proc, service.log_path, base_url, settings, stop_grace_s=10.0)
     if redis is not None:
         server.extra_pids.append(redis.pid)
@@ -487,7 +486,7 @@ async def profile_step(
         keep.write_bytes(path.read_bytes())
         summary = summarise_profile(path, seconds)
         out["processes"][str(pid)] = {"folded_stacks": display_path(keep), **summary}
-        if "thread_busy_pct_of_one_core" in summary:
+        if summary.get("samples"):
             log(
                 "    busy % of one core: "
                 + ", ".join(f"{k} {v}" for k, v in summary["thread_busy_pct_of_one_core"])
