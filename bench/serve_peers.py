@@ -5,11 +5,14 @@ What each server answers: a user id -> the top-20 item ids (with scores and rank
 history, seen items excluded, in one JSON answer of the same shape. The peers serve ``_peer_model.TopK``
 (``model/`` only: ``read_artifact``, ``model.score`` of the stored history and its stored fold-in state,
 ``mask_items``, ``top_k``) with the histories in their own process; ours is ``python -m service`` as
-bench/serve_load.py launches it, with its defaults (no ``LD4MREC_MAX_BATCH`` & co: what a user gets; the
-worker count too, when the service has one) and the in-process history store by default
-(``--ours-store redis``: a throw-away redis-server, as serve_load runs it). Requests: ours and Ray
-``GET /recommend/{user}?k=20``; LitServe ``POST /recommend`` ``{"user_id": ..., "k": 20}`` (its endpoints
-take a JSON body); the same users in the same order for every server.
+bench/serve_load.py launches it, with its defaults (no ``LD4MREC_MAX_BATCH`` & co: what a user gets, the
+worker count included) and a throw-away redis-server as its history store (``--ours-store memory``: its
+in-process store; the service then runs one worker). No request writes, so every server answers from the
+training history. Before the load, each server's answers for ``--check-users`` users are compared with
+``model.api``'s. The peers serve the precision ours reports in ``GET /model`` (``--peer-precision``).
+Requests: ours and Ray ``GET /recommend/{user}?k=20``; LitServe ``POST /recommend``
+``{"user_id": ..., "k": 20}`` (its endpoints take a JSON body); the same users in the same order for every
+server.
 
 The peers, each as its documentation recommends for throughput (see their launchers and BENCHMARKS.md):
 
@@ -21,21 +24,23 @@ The peers, each as its documentation recommends for throughput (see their launch
   ``workers_per_device`` = cores on the CPU, ``fast_queue=True``, ``num_api_servers`` at its default.
 
 Method, per server in turn (``--servers``, default all three; a peer whose package is not installed is
-skipped and says so): start it, warm it up (closed loop, 8 clients), measure its idle CPU, then the
-**open-loop ladder** ``--rates`` (the same for every server; request i scheduled at t0 + i/rate, latency
-from the scheduled time: no coordinated omission; ``bench/_httpload.py`` in its own process, on the same
-cores) until a step fails the SLO (p99 > 50 ms or any error; ``--patience`` failing steps in a row), then
-``--refine`` bisection steps between its last passing and first failing rate; then stop it (the whole
-process tree). Per step: p50/p95/p99, achieved req/s, errors, and the CPU of the server's **process
-tree** (every process it started: Ray's GCS, raylet, proxy, replicas, HAProxy; LitServe's API servers and
-workers; our service, plus redis-server with ``--ours-store redis``) in cores (CPU seconds / wall) and ms
-per request, and the load generator's.
+skipped and says so): start it, check its answers, warm it up (closed loop, 8 clients), measure its idle
+CPU, then the **open-loop ladder** ``--rates`` (the same for every server; request i scheduled at
+t0 + i/rate, latency from the scheduled time: no coordinated omission; ``bench/_httpload.py`` in its own
+process, on the same cores) until ``--patience`` steps in a row no longer keep up (an error, p50 > 50 ms
+or < 95 % of the offered rate answered), then ``--refine`` bisection steps between its highest rate with
+p99 <= 50 ms and the next one; for ours one more step under py-spy (``--profile``); then stop it (the
+whole process tree). Per step: p50/p95/p99, achieved req/s, errors, and the CPU of the server's
+**process tree** (every process it started: Ray's GCS, raylet, proxy, replicas, HAProxy; LitServe's API
+servers and workers; our service and its workers, plus its redis-server) in cores (CPU seconds / wall)
+and ms per request, and the load generator's.
 
-Per server: ``max_rps_p99_under_50ms`` (the highest achieved req/s of a passing step), p50/p99, errors and
-CPU at the **common rate** (the highest ladder rate every server passed; else the lowest ladder rate),
-``errors`` over all its steps (overload steps included), idle CPU, memory (PSS of the tree after the
-warm-up). Headline: ``ratio_to_best_peer`` = ours' ``max_rps_p99_under_50ms`` / the best peer's (null
-when no peer ran).
+Per server: ``max_rps_p99_under_50ms`` (the highest achieved req/s of a step with p99 <= 50 ms and no
+error), ``max_rps_p50_under_50ms`` (the looser bar), p50/p99, errors and CPU at the **common rate** (the
+highest ladder rate every server passed; else the lowest ladder rate), ``errors`` over all its steps
+(overload steps included), idle CPU, memory (PSS of the tree after the warm-up). Headline:
+``ratio_to_best_peer`` = ours' ``max_rps_p99_under_50ms`` / the best peer's (null when no peer ran), and
+``ratio_to_best_peer_p50`` on the looser bar.
 
     python bench/serve_peers.py --artifact DIR          # full -> bench/results/serve_peers_full.json
     python bench/serve_peers.py --quick --artifact DIR  # < 15 min (2 cores) -> bench/results/serve_peers.json
