@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from model.base import ConfigError, Recommender
+from model.diffmm.recommender import DiffMM
 from model.ease import EASE
 from model.ld4mrec.recommender import LD4MRec
 from model.popularity import Popularity
 
 __all__ = ["DEFAULT_MODEL", "MODELS", "UnknownModelError", "get_model", "model_names"]
 
-MODELS: dict[str, type[Recommender]] = {cls.name: cls for cls in (LD4MRec, EASE, Popularity)}
+MODELS: dict[str, type[Recommender]] = {cls.name: cls for cls in (LD4MRec, DiffMM, EASE, Popularity)}
 DEFAULT_MODEL = LD4MRec.name
 
 
