@@ -8,18 +8,49 @@ builds both the interaction graph and the generated graphs). Everything stays sp
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["csr_tensor", "drop_edges", "normalised_adjacency", "sample_negatives"]
+__all__ = ["Graph", "csr_tensor", "drop_edges", "normalised_adjacency", "sample_negatives"]
+
+
+class _SparseMatmul(torch.autograd.Function):
+    """``matrix @ x`` whose backward multiplies by a transpose made once (torch's own backward of a CSR
+    product re-transposes the matrix on every call)."""
+
+    @staticmethod
+    def forward(ctx: Any, matrix: torch.Tensor, transpose: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.transpose = transpose
+        return torch.sparse.mm(matrix, x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:
+        return None, None, torch.sparse.mm(ctx.transpose, grad)
+
+
+@dataclass(frozen=True)
+class Graph:
+    """An (N, N) sparse CSR float32 matrix and its transpose (the same tensor when symmetric);
+    ``graph @ x`` propagates dense rows x (N, d), differentiably in x."""
+
+    matrix: torch.Tensor
+    transpose: torch.Tensor
+
+    def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.requires_grad:
+            return torch.sparse.mm(self.matrix, x)
+        out: torch.Tensor = _SparseMatmul.apply(self.matrix, self.transpose, x)
+        return out
 
 
 def normalised_adjacency(
     users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, device: torch.device
-) -> torch.Tensor:
-    """(N, N) sparse CSR float32 ``D^-1/2 (A + I) D^-1/2`` of the edges ``(users[e], items[e])``
+) -> Graph:
+    """The (N, N) symmetric graph ``D^-1/2 (A + I) D^-1/2`` of the edges ``(users[e], items[e])``
     (duplicates count once)."""
     n = n_users + n_items
     ui = sp.coo_matrix(
@@ -31,14 +62,17 @@ def normalised_adjacency(
     d = sp.diags(1.0 / np.sqrt(degree))
     norm = sp.csr_matrix(d @ a @ d, dtype=np.float32)
     norm.sort_indices()
-    return csr_tensor(norm, device)
+    matrix = csr_tensor(norm, device)
+    return Graph(matrix, matrix)
 
 
-def drop_edges(adj: torch.Tensor, keep_rate: float, generator: torch.Generator) -> torch.Tensor:
+def drop_edges(graph: Graph, keep_rate: float, generator: torch.Generator) -> Graph:
     """``adj`` with each stored entry kept with probability ``keep_rate`` and rescaled by 1 / keep_rate
-    (the official SpAdjDropEdge; self-loops included); ``adj`` itself when keep_rate is 1."""
+    (the official SpAdjDropEdge; self-loops included, both directions of an edge independently, so the
+    result is no longer symmetric); ``graph`` itself when keep_rate is 1."""
     if keep_rate >= 1.0:
-        return adj
+        return graph
+    adj = graph.matrix
     values = adj.values()
     keep = torch.rand(values.shape, generator=generator, device=values.device) < keep_rate
     rows = torch.repeat_interleave(
@@ -48,9 +82,10 @@ def drop_edges(adj: torch.Tensor, keep_rate: float, generator: torch.Generator) 
     crow = torch.cat([torch.zeros(1, dtype=torch.int64, device=values.device), torch.cumsum(counts, 0)])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(
+        kept = torch.sparse_csr_tensor(
             crow, adj.col_indices()[keep], values[keep] / keep_rate, adj.shape, check_invariants=False
         )
+        return Graph(kept, kept.t().to_sparse_csr())
 
 
 def csr_tensor(matrix: sp.csr_matrix, device: torch.device) -> torch.Tensor:

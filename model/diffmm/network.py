@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from model.diffmm.graph import Graph
 
 __all__ = ["DiffMMNet", "Propagation", "info_nce"]
 
@@ -85,7 +88,7 @@ class DiffMMNet(nn.Module):
         out = self.projections[m](getattr(self, f"features_{m}"))
         return F.leaky_relu(out, 0.2) if self.leaky else out
 
-    def forward(self, adj: torch.Tensor, generated: Sequence[torch.Tensor]) -> Propagation:
+    def forward(self, adj: Graph, generated: Sequence[Graph]) -> Propagation:
         """The modality-aware GCN: per modality m, ``e1 = A [u ; f_m]``, ``e2 = A [e1_users ; i]``,
         ``e1 + e2 + ris_adj_lambda G_m [u ; i]``; fused by the softmax weights into M; LightGCN layers over A
         summed with M; plus ``ris_lambda`` x the row-normalised M."""
@@ -95,36 +98,58 @@ class DiffMMNet(nn.Module):
         features = [F.normalize(self.projected(m)) for m in range(self.n_modalities)]
         modal = torch.zeros_like(ids)
         for m, (f, gen) in enumerate(zip(features, generated, strict=True)):
-            e1 = torch.sparse.mm(adj, torch.cat([u, f]))
-            e2 = torch.sparse.mm(adj, torch.cat([e1[: self.n_users], i]))
-            modal = modal + weights[m] * (e1 + e2 + self.ris_adj_lambda * torch.sparse.mm(gen, ids))
+            e1 = adj @ torch.cat([u, f])
+            e2 = adj @ torch.cat([e1[: self.n_users], i])
+            modal = modal + weights[m] * (e1 + e2 + self.ris_adj_lambda * (gen @ ids))
         layers = [modal]
         total = modal
         for _ in range(self.gcn_layers):
-            layers.append(torch.sparse.mm(adj, layers[-1]))
+            layers.append(adj @ layers[-1])
             total = total + layers[-1]
         out = total + self.ris_lambda * F.normalize(modal)
         return Propagation(out[: self.n_users], out[self.n_users :], modal, layers[:-1], features)
 
     def contrastive_views(
-        self, adj: torch.Tensor, generated: Sequence[torch.Tensor], features: Sequence[torch.Tensor]
+        self, adj: Graph, generated: Sequence[Graph], features: Sequence[torch.Tensor]
     ) -> list[torch.Tensor]:
         """Per modality m, (N, d): ``G_m [u ; f_m]`` then LightGCN layers over A, summed."""
         views = []
         for f, gen in zip(features, generated, strict=True):
-            view = torch.sparse.mm(gen, torch.cat([self.user_emb, f]))
+            view = gen @ torch.cat([self.user_emb, f])
             total = view
             for _ in range(self.gcn_layers):
-                view = torch.sparse.mm(adj, view)
+                view = adj @ view
                 total = total + view
             views.append(total)
         return views
 
 
+class _LogSumExpMean(torch.autograd.Function):
+    """``mean_r logsumexp_j (a_r . b_j)`` for a (R, d) and b (N, d), with one (R, N) buffer reused in place
+    (logits, then exp, then softmax for the backward) instead of autograd's chain of temporaries."""
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        buffer = a @ b.t()
+        top = buffer.amax(dim=1, keepdim=True)
+        buffer.sub_(top).exp_()
+        total = buffer.sum(dim=1, keepdim=True)
+        buffer.div_(total)  # softmax, what the backward needs
+        ctx.save_for_backward(a, b, buffer)
+        return (top + total.log()).mean()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a, b, softmax = ctx.saved_tensors
+        scale = grad / a.shape[0]
+        return (softmax @ b) * scale, (softmax.t() @ a) * scale
+
+
 def info_nce(a: torch.Tensor, b: torch.Tensor, nodes: torch.Tensor, temperature: float) -> torch.Tensor:
-    """InfoNCE of rows ``nodes`` of views a and b (R, d) (cosine / temperature; negatives: every row of b)."""
-    a_n = F.normalize(a[nodes])
+    """InfoNCE of rows ``nodes`` of views a and b (R, d) (cosine / temperature; negatives: every row of b):
+    ``mean(logsumexp_j cos(a_r, b_j) / temperature - cos(a_r, b_r) / temperature)``."""
+    a_n = F.normalize(a[nodes]) / temperature
     b_all = F.normalize(b)
-    logits = a_n @ b_all.t() / temperature
-    positive = (a_n * b_all[nodes]).sum(dim=-1) / temperature
-    return (torch.logsumexp(logits, dim=-1) - positive).mean()
+    positive = (a_n * b_all[nodes]).sum(dim=-1).mean()
+    lse: torch.Tensor = _LogSumExpMean.apply(a_n, b_all)
+    return lse - positive

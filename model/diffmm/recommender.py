@@ -36,7 +36,7 @@ from model.base import (
 from model.diffmm.config import DiffMMConfig
 from model.diffmm.diffusion import Denoiser, DiffusionSchedule, dropout
 from model.diffmm.foldin import FoldInTables, fit_residual_map, fold_in, residual_features
-from model.diffmm.graph import csr_tensor, drop_edges, normalised_adjacency, sample_negatives
+from model.diffmm.graph import Graph, csr_tensor, drop_edges, normalised_adjacency, sample_negatives
 from model.diffmm.network import DiffMMNet, info_nce
 
 __all__ = ["DiffMM", "residual_features_size"]
@@ -60,8 +60,8 @@ class _FitState:
     denoiser_optimizer: torch.optim.Optimizer
     rng: np.random.Generator
     generator: torch.Generator
-    adj: torch.Tensor
-    generated: list[torch.Tensor]  # per modality, without edge dropout (inference)
+    adj: Graph
+    generated: list[Graph]  # per modality, without edge dropout (inference)
     train: sp.csr_matrix
 
 
@@ -194,7 +194,7 @@ class DiffMM(Recommender):
         return total / max(batches, 1)
 
     @torch.no_grad()
-    def _rebuild(self, fit: _FitState) -> list[torch.Tensor]:
+    def _rebuild(self, fit: _FitState) -> list[Graph]:
         """Per modality, the generated graph (no edge dropout) of every active user's top ``rebuild_k`` items
         of the reverse process from the user's clean row; users in chunks, rows as sparse batches."""
         cfg = self.cfg
@@ -253,7 +253,7 @@ class DiffMM(Recommender):
         self,
         fit: _FitState,
         prop: Any,
-        dropped: list[torch.Tensor],
+        dropped: list[Graph],
         users: torch.Tensor,
         positives: torch.Tensor,
     ) -> torch.Tensor:

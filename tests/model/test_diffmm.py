@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 
 from model.base import ConfigError, FitContext, TrainingData
 from model.diffmm.diffusion import Denoiser, DiffusionSchedule
 from model.diffmm.foldin import fold_in, residual_features
 from model.diffmm.graph import csr_tensor, drop_edges, normalised_adjacency, sample_negatives
+from model.diffmm.network import info_nce
 from model.registry import get_model
 from tests.contract.test_models import TINY_CONFIGS
 
@@ -77,7 +79,7 @@ def test_reverse_in_hidden_space_equals_the_explicit_reverse_process() -> None:
 
 def test_normalised_adjacency_is_the_symmetric_normalisation_with_self_loops() -> None:
     users, items = np.array([0, 0, 1, 1]), np.array([1, 2, 2, 2])  # a duplicate edge counts once
-    adj = normalised_adjacency(users, items, 3, 3, torch.device("cpu")).to_dense().numpy()
+    adj = normalised_adjacency(users, items, 3, 3, torch.device("cpu")).matrix.to_dense().numpy()
     a = np.eye(6)
     for u, i in {(0, 1), (0, 2), (1, 2)}:
         a[u, 3 + i] = a[3 + i, u] = 1.0
@@ -85,9 +87,38 @@ def test_normalised_adjacency_is_the_symmetric_normalisation_with_self_loops() -
     np.testing.assert_allclose(adj, d[:, None] * a * d[None, :], rtol=1e-6)
     generator = torch.Generator().manual_seed(0)
     kept = drop_edges(normalised_adjacency(users, items, 3, 3, torch.device("cpu")), 0.5, generator)
-    kept_dense = kept.to_dense().numpy()
+    kept_dense = kept.matrix.to_dense().numpy()
+    np.testing.assert_array_equal(kept.transpose.to_dense().numpy(), kept_dense.T)
     nonzero = kept_dense != 0
     np.testing.assert_allclose(kept_dense[nonzero], 2.0 * adj[nonzero], rtol=1e-6)  # rescaled by 1/keep
+
+
+def test_info_nce_and_graph_products_have_autograd_gradients() -> None:
+    torch.manual_seed(0)
+    a = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    nodes = torch.tensor([0, 3, 3, 6])
+
+    def reference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        a_n, b_n = F.normalize(a[nodes]), F.normalize(b)
+        logits = a_n @ b_n.t() / 0.5
+        return (torch.logsumexp(logits, 1) - (a_n * b_n[nodes]).sum(1) / 0.5).mean()
+
+    got = info_nce(a, b, nodes, 0.5)
+    want = reference(a, b)
+    torch.testing.assert_close(got, want)
+    grads = torch.autograd.grad(got, (a, b))
+    torch.testing.assert_close(grads, torch.autograd.grad(want, (a, b)))
+    graph = drop_edges(
+        normalised_adjacency(np.array([0, 1]), np.array([1, 0]), 2, 2, torch.device("cpu")),
+        0.7,
+        torch.Generator().manual_seed(1),
+    )
+    x = torch.randn(4, 3, requires_grad=True)
+    (grad_x,) = torch.autograd.grad((graph @ x).square().sum(), x)
+    dense = graph.matrix.to_dense()
+    (want_x,) = torch.autograd.grad((dense @ x).square().sum(), x)
+    torch.testing.assert_close(grad_x, want_x)
 
 
 def test_negative_samples_are_never_training_items_and_are_seeded() -> None:
@@ -113,7 +144,7 @@ def _trained(seed: int = 5, epochs: int = 2, **overrides: Any) -> Any:
 def test_rebuild_gives_every_user_rebuild_k_generated_items_per_modality() -> None:
     model, data = _trained(epochs=1, rebuild_k=2)
     for graph in model._fit.generated:
-        dense = graph.to_dense().numpy()
+        dense = graph.matrix.to_dense().numpy()
         user_item = dense[: data.n_users, data.n_users :]
         assert ((user_item > 0).sum(axis=1) == 2).all()
         np.testing.assert_allclose(dense, dense.T, atol=1e-7)
