@@ -3,6 +3,7 @@ derivation, reproducibility with a seed."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,8 @@ from model.diffmm.graph import csr_tensor, drop_edges, normalised_adjacency, sam
 from model.diffmm.network import info_nce
 from model.registry import get_model
 from tests.contract.test_models import TINY_CONFIGS
+from training.cli import main as train_cli
+from training.synthetic import SyntheticSpec, write_synthetic_dataset
 
 DIFFMM: Any = get_model("diffmm")  # its own attributes are used below
 
@@ -38,6 +41,16 @@ def _config(**overrides: Any) -> Any:
 def test_a_dataset_without_modalities_is_refused_clearly() -> None:
     with pytest.raises(ConfigError, match="diffmm needs item features.*no modality"):
         DIFFMM.create(_config(), _data(modalities=0), FitContext())
+
+
+def test_the_cli_refuses_a_dataset_without_modalities(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = SyntheticSpec(n_users=60, n_items=40, modalities=())
+    data_dir = write_synthetic_dataset(tmp_path / "plain", spec)
+    assert train_cli(["--model", "diffmm", "--data", str(data_dir), "--out", str(tmp_path / "A")]) == 2
+    assert "cannot train diffmm: diffmm needs item features" in capsys.readouterr().err
+    assert not (tmp_path / "A").exists()
 
 
 def test_schedule_follows_the_official_variance_schedule() -> None:
