@@ -32,9 +32,9 @@ from model.ranking import mask_items, top_k
 def _top(model: Any, histories: Any, users: np.ndarray, states: np.ndarray, k: int) -> np.ndarray:
     with torch.inference_mode():
         scores = model.score(UserBatch.from_csr(histories, users, states, model.device)).float().clone()
-    rows = torch.from_numpy(np.repeat(np.arange(histories.shape[0]), np.diff(histories.indptr)))
-    mask_items(scores, rows, torch.from_numpy(histories.indices.astype(np.int64)))
-    return top_k(scores, k, stable=True)[1].cpu().numpy()
+        rows = torch.from_numpy(np.repeat(np.arange(histories.shape[0]), np.diff(histories.indptr)))
+        mask_items(scores, rows, torch.from_numpy(histories.indices.astype(np.int64)))
+        return top_k(scores, k, stable=True)[1].cpu().numpy()
 
 
 def measure(artifact: Path, k: int = 20, batch: int = 1024) -> dict[str, Any]:

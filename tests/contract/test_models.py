@@ -37,7 +37,7 @@ TINY_CONFIGS: dict[str, dict[str, Any]] = {
 }
 """Small, fast settings of each registered model (the contract is about behaviour, not accuracy)."""
 
-FOLD_IN_MIN_OVERLAP: dict[str, float] = {"diffmm": 0.6}
+FOLD_IN_MIN_OVERLAP: dict[str, float] = {"diffmm": 0.85}  # DiffMM measured 0.95 on this data
 """Models whose fold-in of a training history only approximates the stored state: the least mean top-20
 overlap of the folded-in ranking with the training-time ranking (documented in BENCHMARKS.md). Models not
 listed must reproduce the stored states to float32 precision."""
