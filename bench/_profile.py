@@ -52,7 +52,7 @@ def start_profiler(pid: int, seconds: float, out: Path) -> subprocess.Popen[byte
     if not exe.is_file():
         return None
     cmd = [str(exe), "record", "--pid", str(pid), "--duration", str(max(1, round(seconds)))]
-    cmd += ["--rate", str(RATE_HZ), "--format", "raw", "--threads", "--nonblocking"]
+    cmd += ["--rate", str(RATE_HZ), "--format", "raw", "--threads", "--nonblocking", "--subprocesses"]
     cmd += ["--output", str(out)]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 

@@ -8,6 +8,7 @@ Both are started as subprocesses on free ports and must be stopped with :meth:`M
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -29,6 +30,7 @@ __all__ = [
     "ServiceConfig",
     "cpu_seconds",
     "free_port",
+    "process_tree",
     "is_current_artifact",
     "scrape_histograms",
     "start_redis",
@@ -56,10 +58,28 @@ def is_current_artifact(path: Path) -> bool:
     return isinstance(manifest, dict) and manifest.get("format_version") == FORMAT_VERSION
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants (e.g. the service's supervisor and its worker processes)."""
+    pids, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        pids.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    frontier += [int(c) for c in (task / "children").read_text().split()]
+    return pids
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by process ``pid`` (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15 of stat)
+    """User + system CPU seconds used so far by process ``pid`` and its live descendants (all their
+    threads; the service's worker processes), from /proc."""
+    total = 0
+    for each in process_tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15 of stat)
+    return total / CLOCK_TICKS
 
 
 @dataclass
@@ -180,12 +200,15 @@ def start_service(
     workdir: Path,
     device: str = "cpu",
     timeout_s: float = 180.0,
+    workers: int | None = None,
     extra_env: dict[str, str] | None = None,
 ) -> tuple[ManagedProcess, str]:
     """``python -m service`` on a free loopback port with the Redis history store (``redis_url`` None: its
     in-process store), ``config``'s settings (None: the service's own defaults), ``api_key`` ("" = none)
-    and ``extra_env`` on top; waits until ``/readyz`` says ``ready``. Returns the process and its base
-    URL."""
+    and ``extra_env`` on top; waits until ``/readyz`` says ``ready`` (with several workers: every worker has
+    loaded the model). ``workers``: ``LD4MREC_WORKERS`` (``None``: the service's default,
+    one per usable CPU with Redis). Returns the process (the supervisor of the workers; :func:`cpu_seconds`
+    counts them all) and its base URL."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("LD4MREC_")}
     env |= (config.env() if config is not None else {}) | {
@@ -195,6 +218,8 @@ def start_service(
     }
     if redis_url is not None:
         env["LD4MREC_REDIS_URL"] = redis_url
+    if workers is not None:
+        env["LD4MREC_WORKERS"] = str(workers)
     env |= extra_env or {}
     cmd = [sys.executable, "-m", "service", "--artifact", str(artifact), "--host", "127.0.0.1"]
     cmd += ["--port", str(port), "--log-level", "warning", "--no-access-log"]

@@ -43,7 +43,6 @@ The last line of stdout is one JSON object with the headline figures (``model``,
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import shlex
 import sys
@@ -245,11 +244,8 @@ def make_variants(work: Workload) -> tuple[list[Variant], dict[str, str]]:
             x = batch.dense(net.n_items)
             return net.cnet(x, net.inference_step_embedding(batch.user_index), batch.states)
 
-        bf16 = copy.deepcopy(net).to(torch.bfloat16)
-        variants += [
-            Variant("dense_fp32", "dense", "fp32", dense, work.states, module=net),
-            Variant("sparse_bf16", "sparse", "bf16", bf16.score, work.states, torch.bfloat16, bf16),
-        ]
+        # bf16 (what LD4MREC_PRECISION=bf16 serves) comes with the model's precisions below
+        variants.append(Variant("dense_fp32", "dense", "fp32", dense, work.states, module=net))
     else:
         skipped["sparse_vs_dense_and_bf16"] = NO_FIRST_LAYER_NOTE.format(name=model.name)
     for precision in model.precisions:

@@ -712,6 +712,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="LD4MREC_DEVICE of the service (and of the model limit)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="LD4MREC_WORKERS of the service (default: the service's own, one worker per usable CPU)",
+    )
+    p.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -751,7 +757,9 @@ async def run_configs(
             log(f"\n[{cfg.label}] starting the service")
             flush_redis(redis_url)
             t0 = time.perf_counter()
-            service, base_url = start_service(artifact, redis_url, cfg, api_key, workdir, args.device)
+            service, base_url = start_service(
+                artifact, redis_url, cfg, api_key, workdir, args.device, workers=args.workers
+            )
             out["pids"].append(service.pid)
             try:
                 start_s = time.perf_counter() - t0
@@ -794,7 +802,9 @@ async def run_configs(
             best_cfg = max(sessions_done, key=lambda c: sessions_done[c]["max_rps_p99_under_50ms"] or 0)
             log(f"\n[{best_cfg.label}] best configuration: restarting it for the closed loop")
             flush_redis(redis_url)
-            service, base_url = start_service(artifact, redis_url, best_cfg, api_key, workdir, args.device)
+            service, base_url = start_service(
+                artifact, redis_url, best_cfg, api_key, workdir, args.device, workers=args.workers
+            )
             out["pids"].append(service.pid)
             try:
                 session = Session(
@@ -1046,6 +1056,7 @@ def main(argv: Sequence[str] | None = None, log: Log = print) -> dict[str, Any]:
         "artifact": choice.origin,
         "n_items": art.n_items,
         "mode": "quick" if args.quick else "full",
+        "workers": args.workers if args.workers is not None else "default (one per usable CPU)",
         "loadavg_1m_start_mean_max": [
             machine["loadavg_1_5_15_at_start"][0],
             round(float(np.mean(loads)), 2) if loads else None,

@@ -14,7 +14,7 @@ from typing import Any, Self
 import numpy as np
 import torch
 
-from model.base import FitContext, ModelConfig, Recommender, TrainingData, UserBatch, Validate
+from model.base import FitContext, ModelConfig, Recommender, TrainingData, UserBatch, Validate, as_tensor
 
 __all__ = ["Popularity", "PopularityConfig"]
 
@@ -35,7 +35,9 @@ class Popularity(Recommender):
         self.n_users = n_users
         self.n_items = int(counts.shape[0])
         self.device = device
-        self.counts = torch.from_numpy(np.asarray(counts, dtype=np.float32)).to(device)
+        self.counts = as_tensor(np.asarray(counts, dtype=np.float32)).to(
+            device
+        )  # a mapped array: shared, read-only
 
     @classmethod
     def create(cls, config: ModelConfig, data: TrainingData, ctx: FitContext) -> Self:

@@ -1,4 +1,5 @@
-"""Serving precisions: ``fp32`` (as trained) or ``int8`` (dynamic int8 weights of a network's Linear layers).
+"""Serving precisions: ``fp32`` (as trained), ``bf16`` (a bfloat16 copy of a network: weights, buffers and
+inputs; scores returned as fp32) or ``int8`` (dynamic int8 weights of a network's Linear layers).
 
 A model says which it supports (``Recommender.precisions``) and converts itself
 (``Recommender.with_precision``); this module holds the shared pieces. For LD4MRec, ``int8`` is
@@ -11,6 +12,11 @@ do the scores. CPU only: the quantised kernels (fbgemm / onednn) have no CUDA im
 
 ``torch.ao.quantization`` is deprecated in favour of torchao; torch 2.13 still ships it and its notices are
 silenced here. Its replacement (torchao's ``quantize_``) is a separate package.
+
+:func:`ranking_overlap` measures what a reduced precision does to the ranking (mean top-k overlap with fp32
+on real users), and :func:`native_bf16` whether a device computes bf16 natively (a CPU without
+AVX512-BF16 or AMX converts every bf16 operand and is slower in bf16 than in fp32); the service's
+``LD4MREC_PRECISION=auto`` serves bf16 only where both hold (overlap >= :data:`AUTO_MIN_OVERLAP`).
 """
 
 from __future__ import annotations
@@ -23,10 +29,22 @@ from typing import Literal, TypeVar, get_args
 import torch
 from torch import nn
 
-__all__ = ["PRECISIONS", "Precision", "model_device", "quantise_int8", "quantised_layers"]
+__all__ = [
+    "AUTO_MIN_OVERLAP",
+    "PRECISIONS",
+    "Precision",
+    "model_device",
+    "native_bf16",
+    "quantise_int8",
+    "quantised_layers",
+    "ranking_overlap",
+]
 
-Precision = Literal["fp32", "int8"]
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+Precision = Literal["fp32", "bf16", "int8"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+AUTO_MIN_OVERLAP = 0.95  # the mean top-20 overlap with fp32 that LD4MREC_PRECISION=auto requires of bf16
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -56,3 +74,32 @@ def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter (the CPU for a model without parameters)."""
     first = next(model.parameters(), None)
     return first.device if first is not None else torch.device("cpu")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA device that supports it, or a CPU with
+    AVX512-BF16 or AMX-BF16 (``/proc/cpuinfo`` flags; ``False`` where that cannot be read)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
+def ranking_overlap(
+    reference: torch.Tensor, other: torch.Tensor, exclude: torch.Tensor, k: int = 20
+) -> float:
+    """Mean over rows of |top-k(reference) & top-k(other)| / k, for (B, n) scores of the same users;
+    ``exclude`` (B, n) bool marks items never ranked (e.g. the history)."""
+    k = min(k, reference.shape[1])
+    if reference.shape[0] == 0 or k == 0:
+        return 1.0
+    a = reference.float().masked_fill(exclude, float("-inf")).topk(k, dim=1).indices
+    b = other.float().masked_fill(exclude, float("-inf")).topk(k, dim=1).indices
+    hits = (a.unsqueeze(2) == b.unsqueeze(1)).any(dim=2).sum(dim=1)
+    return float(hits.float().mean() / k)

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -35,6 +36,7 @@ from service.middleware import (
 from service.reloader import ModelReloader
 from service.routes import admin, health, interactions, model, recommend
 from service.settings import Settings
+from service.workers import ANNOUNCE_SIGNAL, ReloadAnnouncer
 
 __all__ = ["create_app", "create_store"]
 
@@ -69,16 +71,26 @@ def create_store(settings: Settings, metrics: ServiceMetrics) -> HistoryStore:
     return InMemoryHistoryStore(max_users=settings.memory_max_users)
 
 
-def _install_sighup(reloader: ModelReloader) -> Callable[[], object]:
-    """SIGHUP reloads the configured artifact; returns the undo. Only possible on the main thread's loop
-    (uvicorn's); under a TestClient (another thread) there is no SIGHUP handler."""
+def _install_signals(reloader: ModelReloader, announcer: ReloadAnnouncer | None) -> Callable[[], object]:
+    """SIGHUP reloads the configured artifact; in a worker of several, SIGUSR1 loads the artifact another
+    worker announced (:mod:`service.workers`). Returns the undo. Only possible on the main thread's loop
+    (uvicorn's); under a TestClient (another thread) there are no signal handlers."""
     loop = asyncio.get_running_loop()
+    handlers: dict[int, Callable[[], object]] = {signal.SIGHUP: reloader.reload_in_background}
+    if announcer is not None:
+        handlers[ANNOUNCE_SIGNAL] = lambda: reloader.follow(announcer)
     try:
-        loop.add_signal_handler(signal.SIGHUP, reloader.reload_in_background)
+        for sig, handler in handlers.items():
+            loop.add_signal_handler(sig, handler)
     except (ValueError, RuntimeError, NotImplementedError, AttributeError):
         log.debug("no SIGHUP handler: not on the main thread's event loop")
         return lambda: None
-    return lambda: loop.remove_signal_handler(signal.SIGHUP)
+
+    def undo() -> None:
+        for sig in handlers:
+            loop.remove_signal_handler(sig)
+
+    return undo
 
 
 @contextlib.asynccontextmanager
@@ -91,29 +103,38 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     store = create_store(settings, metrics)
     batcher = MicroBatcher(settings.max_batch, settings.max_wait_s, metrics, max_queue=settings.max_queue)
     batcher.start()
-    reloader = ModelReloader(app.state, settings, store, batcher, metrics)
+    announcer: ReloadAnnouncer | None = app.state.announcer
+    reloader = ModelReloader(app.state, settings, store, batcher, metrics, announcer)
     app.state.reloader = reloader
-    reloader.start(on_failure=app.state.on_load_failure)
-    remove_sighup = _install_sighup(reloader)
+    reloader.start(on_failure=app.state.on_load_failure, artifact=app.state.start_artifact)
+    remove_signals = _install_signals(reloader, announcer)
     try:
         yield
     finally:
-        remove_sighup()
+        remove_signals()
         log.info("shutting down: in-flight requests are done; draining the scoring queue")
         await reloader.close()
         drained = await batcher.stop(timeout_s=settings.shutdown_timeout_s)
+        if app.state.recommender is not None:
+            await app.state.recommender.drain()  # fold-in cache writes under way
         app.state.recommender = None
         await store.close()
         log.info("shutdown complete: %d queued scoring requests drained, history store closed", drained)
 
 
 def create_app(
-    settings: Settings | None = None, on_load_failure: Callable[[str], None] | None = None
+    settings: Settings | None = None,
+    on_load_failure: Callable[[str], None] | None = None,
+    announcer: ReloadAnnouncer | None = None,
+    start_artifact: Path | None = None,
 ) -> FastAPI:
     """The service app; the model is loaded by its lifespan (run it under uvicorn or a TestClient).
 
     ``on_load_failure(message)`` is called when the start-up artifact is refused (the CLI stops the
-    server then); without it the app keeps running with ``/readyz`` = ``failed``.
+    server then); without it the app keeps running with ``/readyz`` = ``failed``. ``announcer``: in a
+    worker of several (:mod:`service.workers`), how a reload reaches the other workers;
+    ``start_artifact``: the artifact to load at start-up instead of ``settings.artifact`` (what the other
+    workers serve after a reload).
     """
     settings = settings if settings is not None else Settings()
     app = FastAPI(
@@ -130,6 +151,8 @@ def create_app(
     app.state.load_error = None
     app.state.reloader = None
     app.state.on_load_failure = on_load_failure
+    app.state.announcer = announcer
+    app.state.start_artifact = start_artifact
     install_exception_handlers(app, settings.retry_after_s)
     # added innermost first: metrics -> disconnect -> timeout -> body limit -> routes
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -142,6 +165,7 @@ def create_app(
     # only the reads are cancelled when their client goes: a write is finished (or refused) either way
     app.add_middleware(DisconnectMiddleware, metrics=app.state.metrics, prefixes=("/recommend",))
     app.add_middleware(HTTPMetricsMiddleware, metrics=app.state.metrics)
+    app.include_router(recommend.plain_router)  # GET /recommend/{user_id}
     for module in (recommend, interactions, model, admin, health):
         app.include_router(module.router)
     install_docs(app)

@@ -8,7 +8,7 @@ history), ``B`` users in a batch.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,12 +18,15 @@ import torch
 
 from model.artifact import Artifact, read_artifact
 from model.base import Recommender, UserBatch
-from model.precision import Precision
+from model.precision import AUTO_MIN_OVERLAP, Precision, native_bf16, ranking_overlap
 from model.ranking import mask_items, top_k
 
-__all__ = ["Engine", "ScoredItems", "ScoringRequest"]
+__all__ = ["Engine", "PrecisionDecision", "ScoredItems", "ScoringRequest", "choose_precision"]
 
 log = logging.getLogger(__name__)
+
+OVERLAP_USERS = 256  # training users on which LD4MREC_PRECISION=auto measures bf16's top-20 overlap
+OVERLAP_K = 20
 
 _EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -64,14 +67,63 @@ class ScoredItems:
     folded_state: np.ndarray | None
 
 
+@dataclass(frozen=True)
+class PrecisionDecision:
+    """What ``LD4MREC_PRECISION`` asked for (``setting``), what is served, why, and bf16's measured mean
+    top-20 overlap with fp32 (``None`` when not measured)."""
+
+    setting: str
+    served: Precision
+    reason: str
+    bf16_top20_overlap: float | None = None
+
+
+def choose_precision(art: Artifact, device: torch.device, setting: str) -> PrecisionDecision:
+    """``setting`` as given, or for ``auto``: bf16 where the model has a bf16 path, ``device`` computes bf16
+    natively and bf16's mean top-20 overlap with fp32 on up to :data:`OVERLAP_USERS` training users (their
+    histories masked, as served) is >= :data:`AUTO_MIN_OVERLAP`; else fp32."""
+    if setting != "auto":
+        return PrecisionDecision(setting, setting, "set by LD4MREC_PRECISION")  # type: ignore[arg-type]
+    model = art.model
+    if "bf16" not in model.precisions:
+        return PrecisionDecision("auto", "fp32", f"model {model.name} has no bf16 path")
+    if not native_bf16(device):
+        return PrecisionDecision(
+            "auto",
+            "fp32",
+            f"{device} has no native bf16 (a CPU needs AVX512-BF16 or AMX): bf16 would be slower than fp32",
+        )
+    histories = art.train_histories
+    users = np.flatnonzero(np.diff(histories.indptr) > 0)
+    if users.size > OVERLAP_USERS:
+        users = np.sort(np.random.default_rng(0).choice(users, OVERLAP_USERS, replace=False))
+    batch = UserBatch.from_csr(histories[users], users, art.user_states[users], device)
+    seen = torch.from_numpy(histories[users].toarray() > 0).to(device)
+    with torch.inference_mode():
+        reference = model.score(batch)
+        reduced = model.with_precision("bf16").score(batch)
+    overlap = round(ranking_overlap(reference, reduced, seen, OVERLAP_K), 4)
+    measured = f"bf16's top-{OVERLAP_K} overlap with fp32 on {users.size} training users is {overlap:.4f}"
+    if overlap >= AUTO_MIN_OVERLAP:
+        return PrecisionDecision("auto", "bf16", f"{measured} >= {AUTO_MIN_OVERLAP}", overlap)
+    return PrecisionDecision("auto", "fp32", f"{measured} < {AUTO_MIN_OVERLAP}", overlap)
+
+
 class Engine:
     """An artifact loaded for serving: its model on ``device`` in ``precision`` (what
     ``Recommender.with_precision`` made of it) plus the id maps built once at load."""
 
-    def __init__(self, art: Artifact, device: torch.device, precision: Precision = "fp32") -> None:
+    def __init__(
+        self,
+        art: Artifact,
+        device: torch.device,
+        precision: Precision = "fp32",
+        decision: PrecisionDecision | None = None,
+    ) -> None:
         self.artifact = art
         self.model: Recommender = art.model.with_precision(precision)
         self.precision: Precision = precision
+        self.precision_decision = decision or PrecisionDecision(precision, precision, "set by the caller")
         self.device = device
         self.model_version = art.model_version
         self.dataset = art.dataset
@@ -85,20 +137,25 @@ class Engine:
         self._indices = art.train_histories.indices.astype(np.int64)
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device, precision: Precision = "fp32") -> Engine:
+    def load(cls, path: str | Path, device: torch.device, precision: str = "fp32") -> Engine:
         """Read and verify the artifact and build its model on ``device`` (raises ``ArtifactError`` naming
-        the file), in ``precision`` (raises ``PrecisionError`` where the model or device cannot)."""
-        art = read_artifact(path, device)
-        engine = cls(art, device, precision)
+        the file), in ``precision`` (``auto``: :func:`choose_precision`; raises ``PrecisionError`` where the
+        model or device cannot)."""
+        # mapped read-only: worker processes serving the same artifact share its pages (the OS file cache)
+        art = read_artifact(path, device, mmap=device.type == "cpu")
+        decision = choose_precision(art, device, precision)
+        engine = cls(art, device, decision.served, decision)
         log.info(
-            "loaded %s model %s (dataset %s, %d users, %d items) on %s, precision %s",
+            "loaded %s model %s (dataset %s, %d users, %d items) on %s, precision %s (%s: %s)",
             art.model.name,
             art.model_version,
             art.dataset,
             art.n_users,
             art.n_items,
             device,
-            precision,
+            decision.served,
+            decision.setting,
+            decision.reason,
         )
         return engine
 
@@ -107,8 +164,10 @@ class Engine:
         """Internal id of an external user id; -1 when the model never saw the user."""
         return self._user_index.get(user_id, -1)
 
-    def item_indices(self, item_ids: Iterable[str]) -> tuple[np.ndarray, list[str]]:
+    def item_indices(self, item_ids: Sequence[str]) -> tuple[np.ndarray, list[str]]:
         """Internal ids (unique, sorted) of the known external item ids, and the unknown ones in order."""
+        if not item_ids:
+            return _EMPTY, []
         index = self._item_index
         known: list[int] = []
         unknown: list[str] = []
@@ -118,7 +177,8 @@ class Engine:
                 unknown.append(item_id)
             else:
                 known.append(i)
-        return np.unique(np.asarray(known, dtype=np.int64)), list(dict.fromkeys(unknown))
+        # sorted(set()) of a short list: np.unique costs far more than the list itself at these sizes
+        return np.asarray(sorted(set(known)), dtype=np.int64), list(dict.fromkeys(unknown))
 
     def item_ids_of(self, indices: np.ndarray) -> list[str]:
         """External ids of internal item ids (a short array, e.g. a top-k)."""

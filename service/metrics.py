@@ -2,11 +2,19 @@
 
 All durations are in seconds; no label ever carries a user or item id. The names and labels are the
 contract shared with the dashboards and alerts (see README, "Metrics").
+
+With several worker processes (:mod:`service.workers`) ``PROMETHEUS_MULTIPROC_DIR`` is set before a worker
+starts, and prometheus_client keeps every value in a file there; :meth:`ServiceMetrics.exposition` then
+collects all workers' files: counters and histograms are summed over every worker that ever ran in this
+service's lifetime, ``ld4mrec_http_requests_in_flight`` over the live workers, ``ld4mrec_model_info`` is
+the max over the live workers (a model some live worker serves is 1; mid-reload both versions are).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 
 __all__ = ["HTTP_BUCKETS", "BATCH_BUCKETS", "ServiceMetrics"]
 
@@ -20,6 +28,7 @@ class ServiceMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         r = self.registry
         http_labels = ("route", "method", "status_class")
         self.http_requests = Counter(
@@ -33,7 +42,10 @@ class ServiceMetrics:
             registry=r,
         )
         self.http_in_flight = Gauge(
-            "ld4mrec_http_requests_in_flight", "HTTP requests being served", registry=r
+            "ld4mrec_http_requests_in_flight",
+            "HTTP requests being served",
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.batch_size = Histogram(
             "ld4mrec_batch_size", "users per batched forward pass", buckets=BATCH_BUCKETS, registry=r
@@ -83,8 +95,13 @@ class ServiceMetrics:
         self.foldin_hits = Counter("ld4mrec_foldin_cache_hits_total", "fold-in cache hits", registry=r)
         self.foldin_misses = Counter("ld4mrec_foldin_cache_misses_total", "fold-in cache misses", registry=r)
         self.model_info = Gauge(
-            "ld4mrec_model_info", "the loaded model (value 1)", ("model_version", "dataset"), registry=r
+            "ld4mrec_model_info",
+            "the loaded model (value 1)",
+            ("model_version", "dataset"),
+            registry=r,
+            multiprocess_mode="livemax",
         )
+        self._model_labels: tuple[str, str] | None = None
         self.model_reloads = Counter(
             "ld4mrec_model_reloads_total", "model reloads by result", ("result",), registry=r
         )
@@ -92,6 +109,20 @@ class ServiceMetrics:
             self.model_reloads.labels(result=result)
 
     def set_model(self, model_version: str, dataset: str) -> None:
-        """Make ``(model_version, dataset)`` the only series of ``ld4mrec_model_info``."""
-        self.model_info.clear()
+        """Make ``(model_version, dataset)`` the only series of ``ld4mrec_model_info`` (set to 1; in
+        multi-process mode the replaced series stays in this worker's file, at 0)."""
+        if self._model_labels is not None and self._model_labels != (model_version, dataset):
+            self.model_info.labels(*self._model_labels).set(0)
+        if self.multiprocess_dir is None:  # (prometheus_client cannot clear in multi-process mode)
+            self.model_info.clear()
         self.model_info.labels(model_version=model_version, dataset=dataset).set(1)
+        self._model_labels = (model_version, dataset)
+
+    def exposition(self) -> CollectorRegistry:
+        """The registry ``GET /metrics`` writes out: this one, or with several workers one that collects
+        every worker's values from ``PROMETHEUS_MULTIPROC_DIR``."""
+        if self.multiprocess_dir is None:
+            return self.registry
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+        return registry

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections import deque
+from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
@@ -63,6 +64,8 @@ class HTTPMetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        # (route, method, status class) -> its duration and count series: labels() once, not per request
+        self._series: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,11 +88,14 @@ class HTTPMetricsMiddleware:
             status = 500
             raise
         finally:
-            route = route_template(scope)
             method = scope["method"] if scope["method"] in _METHODS else "other"
-            labels = {"route": route, "method": method, "status_class": f"{status // 100}xx"}
-            metrics.http_duration.labels(**labels).observe(time.perf_counter() - started)
-            metrics.http_requests.labels(**labels).inc()
+            key = (route_template(scope), method, f"{status // 100}xx")
+            series = self._series.get(key)
+            if series is None:
+                series = (metrics.http_duration.labels(*key), metrics.http_requests.labels(*key))
+                self._series[key] = series
+            series[0].observe(time.perf_counter() - started)
+            series[1].inc()
             metrics.http_in_flight.dec()
 
 

@@ -10,9 +10,11 @@ unreachable, reads fall back to the artifact's histories (``history_source: "art
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -21,15 +23,15 @@ from service.engine import Engine, ScoredItems, ScoringRequest
 from service.errors import FieldError, UnknownItemsError, UnknownUserError
 from service.history_store import AppendResult, HistoryStore, StoredHistory, StoreUnavailableError
 from service.metrics import ServiceMetrics
-from service.schemas import RecommendedItem, RecommendResponse
 from service.settings import Settings
 
-__all__ = ["RankOptions", "Recommender"]
+__all__ = ["Answer", "RankOptions", "Recommender"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_K = 20
 Loc = tuple[str, ...]
+Answer = dict[str, Any]  # one answer, shaped as schemas.RecommendResponse (serialised as it is, orjson)
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class Recommender:
         self.batcher = batcher
         self.metrics = metrics
         self.settings = settings
+        self._background: set[asyncio.Task[None]] = set()  # fold-in cache writes under way
 
     # -- validation ------------------------------------------------------------------------------------------
     def check_ids(self, loc: Loc, ids: Sequence[str]) -> None:
@@ -100,11 +103,11 @@ class Recommender:
         return _Ranking(k, options.exclude_seen, exclude, candidates)
 
     # -- reads -----------------------------------------------------------------------------------------------
-    async def for_user(self, user_id: str, options: RankOptions) -> RecommendResponse:
+    async def for_user(self, user_id: str, options: RankOptions) -> Answer:
         """Top-k for one user (404 when neither the model nor the store knows the user)."""
         return (await self.for_users([user_id], options))[0]
 
-    async def for_users(self, user_ids: Sequence[str], options: RankOptions) -> list[RecommendResponse]:
+    async def for_users(self, user_ids: Sequence[str], options: RankOptions) -> list[Answer]:
         """Top-k for several users; their rows join the same micro-batches."""
         engine = self.engine
         ranking = self._ranking(engine, options)
@@ -142,13 +145,13 @@ class Recommender:
             sources.append(source)
 
         results = await self.batcher.submit_many(engine, requests)
-        await self._cache_foldins(engine, user_ids, stored, results)
+        self._cache_foldins(engine, user_ids, stored, results)
         return [
             self._response(engine, user_id, result, source, cold_start=user_index < 0)
             for user_id, user_index, result, source in zip(user_ids, indices, results, sources, strict=True)
         ]
 
-    async def for_history(self, history_ids: Sequence[str], options: RankOptions) -> RecommendResponse:
+    async def for_history(self, history_ids: Sequence[str], options: RankOptions) -> Answer:
         """Top-k for a history given in the request (cold start; always fold-in, never cached)."""
         engine = self.engine
         limit = self.settings.max_history
@@ -189,39 +192,62 @@ class Recommender:
             exclude = ranking.exclude
         return ScoringRequest(user_index, history, state, ranking.k, exclude, ranking.candidates)
 
-    async def _cache_foldins(
+    def _cache_foldins(
         self,
         engine: Engine,
         user_ids: Sequence[str],
         stored: Sequence[StoredHistory | None],
         results: Sequence[ScoredItems],
     ) -> None:
-        """Store the fold-ins this call computed; a store failure only costs a later recomputation."""
-        for user_id, entry, result in zip(user_ids, stored, results, strict=True):
-            if entry is None or result.folded_state is None:
-                continue
+        """Store the fold-ins this call computed, in the background: the answer does not wait for that
+        second Redis round trip (a read makes one round trip at most); a store failure only costs a later
+        recomputation."""
+        entries = [
+            (user_id, entry.version, result.folded_state.tobytes())
+            for user_id, entry, result in zip(user_ids, stored, results, strict=True)
+            if entry is not None and result.folded_state is not None
+        ]
+        if not entries:
+            return
+        task = asyncio.get_running_loop().create_task(self._put_foldins(engine.model_version, entries))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _put_foldins(self, model_version: str, entries: list[tuple[str, int, bytes]]) -> None:
+        for user_id, version, state in entries:
             try:
-                await self.store.put_foldin(
-                    user_id, entry.version, engine.model_version, result.folded_state.tobytes()
-                )
+                await self.store.put_foldin(user_id, version, model_version, state)
             except StoreUnavailableError as exc:
                 log.warning("fold-in not cached: %s", exc)
                 return
+            except Exception:  # never an unobserved task error; the cache entry is only an optimisation
+                log.exception("fold-in not cached")
+                return
+
+    @property
+    def pending_writes(self) -> int:
+        """Fold-in cache writes under way in the background."""
+        return len(self._background)
+
+    async def drain(self) -> None:
+        """Wait for the fold-in cache writes under way (at shutdown, before the store closes)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     @staticmethod
     def _response(
         engine: Engine, user_id: str | None, result: ScoredItems, source: str, *, cold_start: bool
-    ) -> RecommendResponse:
-        items = [
-            RecommendedItem(item_id=item_id, score=float(score), rank=rank)
-            for rank, (item_id, score) in enumerate(
-                zip(engine.item_ids_of(result.items), result.scores.tolist(), strict=True), start=1
-            )
-        ]
-        return RecommendResponse(
-            user_id=user_id,
-            items=items,
-            model_version=engine.model_version,
-            history_source=source,  # type: ignore[arg-type]
-            cold_start=cold_start,
-        )
+    ) -> Answer:
+        """The answer as plain data (schemas.RecommendResponse's shape), rank 1 first."""
+        item_ids = engine.item_ids_of(result.items)
+        scores = result.scores.tolist()
+        return {
+            "user_id": user_id,
+            "items": [
+                {"item_id": item_id, "score": score, "rank": rank}
+                for rank, (item_id, score) in enumerate(zip(item_ids, scores, strict=True), start=1)
+            ],
+            "model_version": engine.model_version,
+            "history_source": source,
+            "cold_start": cold_start,
+        }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from service.history_store import HistoryStore
 from service.metrics import ServiceMetrics
 from service.recommender import Recommender
 from service.settings import Settings, resolve_device
+from service.workers import ReloadAnnouncer
 
 __all__ = ["ModelReloader", "ReloadOutcome", "load_engine"]
 
@@ -72,7 +74,9 @@ class ModelReloader:
         store: HistoryStore,
         batcher: MicroBatcher,
         metrics: ServiceMetrics,
+        announcer: ReloadAnnouncer | None = None,
     ) -> None:
+        self._announcer = announcer
         self._state = state  # the app's ``app.state``: ``recommender`` and ``load_error`` are set here
         self._settings = settings
         self._store = store
@@ -87,18 +91,18 @@ class ModelReloader:
         return recommender
 
     # -- start-up --------------------------------------------------------------------------------------------
-    def start(self, on_failure: Callable[[str], None] | None = None) -> None:
-        """Load the configured artifact in the background; on failure record ``load_error`` and call
-        ``on_failure(message)`` (the CLI stops the server then)."""
+    def start(self, on_failure: Callable[[str], None] | None = None, artifact: Path | None = None) -> None:
+        """Load the configured artifact (or ``artifact``) in the background; on failure record
+        ``load_error`` and call ``on_failure(message)`` (the CLI stops the server then)."""
         self._busy = True
-        self._track(asyncio.ensure_future(self._load_initial(on_failure)))
+        self._track(asyncio.ensure_future(self._load_initial(on_failure, artifact)))
 
     def _track(self, task: asyncio.Future[Any]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _load_initial(self, on_failure: Callable[[str], None] | None) -> None:
-        path = self._settings.artifact
+    async def _load_initial(self, on_failure: Callable[[str], None] | None, artifact: Path | None) -> None:
+        path = artifact if artifact is not None else self._settings.artifact
         try:
             engine = await asyncio.to_thread(load_engine, path, self._settings)
         except ArtifactError as exc:
@@ -109,6 +113,8 @@ class ModelReloader:
             log.exception("cannot serve: loading %s failed", path)
         else:
             self._install(engine)
+            if self._announcer is not None:
+                self._announcer.mark_ready()
             log.info(
                 "ready: model %s on %s, precision %s, history store %s",
                 engine.model_version,
@@ -143,11 +149,13 @@ class ModelReloader:
             )
         return resolved
 
-    async def reload(self, artifact: str | None = None) -> ReloadOutcome:
+    async def reload(self, artifact: str | None = None, announce: bool = True) -> ReloadOutcome:
         """Load ``artifact`` (default: the configured directory) beside the current model and swap it in.
 
         Raises FieldError (bad path), ArtifactRefusedError (refused artifact; the old model keeps serving)
         or ReloadInProgressError. The work is shielded: a caller that goes away does not abort the swap.
+        In a worker of several, a success is announced to the others (``announce``; not for SIGHUP, which
+        every worker receives).
         """
         path = self.resolve(artifact)
         if self._busy:
@@ -155,15 +163,39 @@ class ModelReloader:
         self._busy = True
         task = asyncio.ensure_future(self._reload(path))
         self._track(task)
-        return await asyncio.shield(task)
+        outcome = await asyncio.shield(task)
+        if self._announcer is not None and announce:
+            self._announcer.announce(outcome.artifact)  # the other workers load it too
+        return outcome
+
+    def follow(self, announcer: ReloadAnnouncer) -> None:
+        """Load the artifact another worker announced (the SIGUSR1 handler of a worker) and log the
+        outcome; a refused artifact keeps this worker's model too."""
+        announced = announcer.read()
+        if announced is None or announced[1] == os.getpid():
+            return
+        path = announced[0]
+
+        async def run() -> None:
+            while self._busy:  # one load at a time: this one waits for the running one
+                await asyncio.sleep(0.05)
+            self._busy = True
+            try:
+                outcome = await self._reload(path)
+            except ArtifactRefusedError as exc:
+                log.error("announced reload of %s not done: %s", path, exc)
+            else:
+                log.info("announced reload: %s -> %s", outcome.previous_model_version, outcome.model_version)
+
+        self._track(asyncio.ensure_future(run()))
 
     def reload_in_background(self) -> None:
         """Reload the configured directory and log the outcome (the SIGHUP handler)."""
 
         async def run() -> None:
             try:
-                outcome = await self.reload(None)
-            except (FieldError, ReloadInProgressError) as exc:
+                outcome = await self.reload(None, announce=False)
+            except (FieldError, ReloadInProgressError, ArtifactRefusedError) as exc:
                 log.error("SIGHUP reload not done: %s", exc)
             else:
                 log.info("SIGHUP reload: %s -> %s", outcome.previous_model_version, outcome.model_version)

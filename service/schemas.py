@@ -134,8 +134,14 @@ class ModelResponse(BaseModel):
     )
     device: str
     precision: Precision = Field(
-        description="weights of the served model: 'fp32', or 'int8' (dynamic int8 nn.Linear layers; "
-        "LD4MREC_PRECISION)"
+        description="precision of the served model: 'fp32', 'bf16' (a bfloat16 copy of the network) or "
+        "'int8' (dynamic int8 nn.Linear layers)"
+    )
+    precision_setting: str = Field(description="LD4MREC_PRECISION: 'auto', 'fp32', 'bf16' or 'int8'")
+    precision_reason: str = Field(description="why this precision is served (with 'auto': what was measured)")
+    bf16_top20_overlap: float | None = Field(
+        description="bf16's mean top-20 overlap with fp32 on training users, measured at load by 'auto' "
+        "(null when not measured)"
     )
     hyperparameters: dict[str, Any] = Field(description="the model's configuration")
     fitted: dict[str, Any] = Field(description="what fitting chose, e.g. EASE's L2 strength")

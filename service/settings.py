@@ -8,16 +8,17 @@ name says ``_ms``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from model.precision import Precision
+__all__ = ["PrecisionChoice", "Settings", "resolve_device", "usable_cpus"]
 
-__all__ = ["Settings", "resolve_device"]
+PrecisionChoice = Literal["auto", "fp32", "bf16", "int8"]
 
 
 class Settings(BaseSettings):
@@ -36,12 +37,25 @@ class Settings(BaseSettings):
         int, Field(ge=0, le=256, description="intra-op threads of the forward pass; 0 = torch's default")
     ] = 0
     precision: Annotated[
-        Precision,
+        PrecisionChoice,
         Field(
-            description="weights of the served model: 'fp32' (as trained) or 'int8' (dynamic int8 "
-            "quantisation of every nn.Linear; CPU only)"
+            description="scoring precision: 'auto' (bf16 where the device computes bf16 natively and the "
+            "top-20 overlap with fp32, measured at load on a sample of training users, is >= 0.95; else "
+            "fp32), 'fp32' (as trained), 'bf16', or 'int8' (dynamic int8 quantisation of every "
+            "nn.Linear; CPU only)"
         ),
-    ] = "fp32"
+    ] = "auto"
+
+    # -- processes ------------------------------------------------------------------------------------------
+    workers: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=256,
+            description="worker processes sharing the port (each with its own micro-batcher); 0 = one per "
+            "usable CPU (os.sched_getaffinity); the in-process history store allows 1 only",
+        ),
+    ] = 0
 
     # -- micro-batching -------------------------------------------------------------------------------------
     max_batch: Annotated[int, Field(ge=1, le=4096, description="users per forward pass, at most")] = 64
@@ -208,6 +222,24 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _one_worker_with_the_memory_store(self) -> Settings:
+        if self.redis_url is None and self.workers > 1:
+            raise ValueError(
+                f"{self.workers} workers need a shared history store: the in-process store ('memory') "
+                f"lives in one process, so each worker would see different histories. Set "
+                f"LD4MREC_REDIS_URL, or LD4MREC_WORKERS=1 (0 = auto serves 1 worker without Redis)"
+            )
+        return self
+
+    @property
+    def worker_count(self) -> int:
+        """Processes to run: ``workers``, or with 0 one per usable CPU (1 without Redis: the in-process
+        history store cannot be shared)."""
+        if self.workers:
+            return self.workers
+        return usable_cpus() if self.redis_url is not None else 1
+
     @property
     def max_wait_s(self) -> float:
         return self.max_wait_ms / 1000.0
@@ -217,6 +249,14 @@ class Settings(BaseSettings):
         """The directory ``POST /admin/reload`` may read artifacts from (resolved)."""
         root = self.artifact_root if self.artifact_root is not None else self.artifact.absolute().parent
         return root.resolve()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a container's cpuset), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def resolve_device(name: str) -> torch.device:

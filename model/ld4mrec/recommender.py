@@ -7,6 +7,7 @@ forward-free, one C-Net pass on the clean history (Algorithm 2).
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Self, cast
@@ -126,7 +127,7 @@ class LD4MRec(Recommender):
     config_class = LD4MRecConfig
     iterative = True
     distributed = True
-    precisions = ("fp32", "int8")
+    precisions = ("fp32", "bf16", "int8")
 
     def __init__(
         self, config: LD4MRecConfig, net: LD4MRecNet, basis: SignalBasis, signals: np.ndarray | None
@@ -274,6 +275,9 @@ class LD4MRec(Recommender):
         return self._signals
 
     def score(self, batch: UserBatch) -> torch.Tensor:
+        if self.precision == "bf16":  # a bf16 network: bf16 states in, fp32 scores out
+            states = batch.states.to(torch.bfloat16)
+            return self.net.score(dataclasses.replace(batch, states=states)).float()
         return self.net.score(batch)
 
     # -- persistence ---------------------------------------------------------------------------------------
@@ -336,7 +340,9 @@ class LD4MRec(Recommender):
         cnet_cfg = _cnet_config(cfg, n_items, svd_rank, modality_dims)
         net = LD4MRecNet(cnet_cfg, n_users, _schedule(cfg), cfg.inference_step, basis.projection())
         state = {k[len("cnet.") :]: as_tensor(v) for k, v in arrays.items() if k.startswith("cnet.")}
-        net.cnet.load_state_dict(state, strict=True)
+        # assign: the network reads the loaded arrays in place (memory-mapped ones stay shared between the
+        # processes that map them) instead of copying them into its freshly initialised parameters
+        net.cnet.load_state_dict(state, strict=True, assign=True)
         _set_item_structures(net, basis)
         with torch.no_grad():
             net.z_in.weight.copy_(as_tensor(arrays["z_in"]))
@@ -344,9 +350,17 @@ class LD4MRec(Recommender):
 
     # -- serving -------------------------------------------------------------------------------------------
     def with_precision(self, precision: str) -> Self:
-        """``fp32`` (self) or ``int8``: every ``nn.Linear`` dynamically quantised (CPU only)."""
+        """``fp32`` (self), ``bf16`` (a bfloat16 copy of the network; the fold-in projection stays fp32 and
+        shared) or ``int8``: every ``nn.Linear`` dynamically quantised (CPU only)."""
         if precision == "fp32":
             return self
+        if precision == "bf16":
+            net = copy.deepcopy(self.net, memo={id(self.net.projection): self.net.projection}).to(
+                torch.bfloat16
+            )
+            served = type(self)(self.cfg, net.eval(), self.basis, self._signals)
+            served.precision = "bf16"
+            return served
         if precision != "int8":
             return super().with_precision(precision)
         if self.device.type != "cpu":

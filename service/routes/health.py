@@ -27,7 +27,8 @@ async def healthz() -> HealthResponse:
     summary="Readiness",
 )
 async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
-    """200 once the model is loaded (``degraded`` when the history store is unreachable), else 503."""
+    """200 once the model is loaded (``degraded`` when the history store is unreachable), else 503; with
+    several worker processes, once every worker has loaded it."""
     state = request.app.state
     backend: Literal["memory", "redis"] = "redis" if settings.redis_url else "memory"
     headers = {"Retry-After": str(settings.retry_after_s)}
@@ -35,6 +36,14 @@ async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
         failed = state.load_error is not None
         body = ReadinessResponse(
             status="failed" if failed else "loading", history_store=backend, detail=state.load_error
+        )
+        return JSONResponse(status_code=503, content=body.model_dump(), headers=headers)
+    announcer = getattr(state, "announcer", None)  # one worker of several: are the others ready too?
+    if announcer is not None and (ready := announcer.ready_workers()) < settings.workers:
+        body = ReadinessResponse(
+            status="loading",
+            history_store=backend,
+            detail=f"{ready} of {settings.workers} worker processes have loaded the model",
         )
         return JSONResponse(status_code=503, content=body.model_dump(), headers=headers)
     reachable = await state.recommender.store.ping()
@@ -53,4 +62,4 @@ async def readyz(request: Request, settings: SettingsDep) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(metrics: MetricsDep) -> Response:
     """Every ``ld4mrec_*`` metric in the Prometheus text format."""
-    return Response(content=generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(content=generate_latest(metrics.exposition()), media_type=CONTENT_TYPE_LATEST)

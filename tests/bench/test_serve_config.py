@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-from _serve_stack import ServiceConfig, is_current_artifact  # noqa: E402
+from _serve_stack import ServiceConfig, cpu_seconds, is_current_artifact, process_tree  # noqa: E402
 
 
 def test_three_fields_serve_fp32() -> None:
@@ -37,7 +37,7 @@ def test_fourth_field_is_the_precision() -> None:
     assert ServiceConfig.parse(cfg.spec) == cfg
 
 
-@pytest.mark.parametrize("text", ["64:2", "64:2:1:int8:x", "64:2:1:bf16", "a:2:1", "64:2:1:"])
+@pytest.mark.parametrize("text", ["64:2", "64:2:1:int8:x", "64:2:1:fp16", "a:2:1", "64:2:1:"])
 def test_malformed_configs_are_refused(text: str) -> None:
     with pytest.raises(ValueError, match="MAX_BATCH:MAX_WAIT_MS:TORCH_THREADS"):
         ServiceConfig.parse(text)
@@ -52,3 +52,31 @@ def test_only_artifacts_of_the_current_format_are_reused(tiny_artifact: Path, tm
     assert not is_current_artifact(old)
     (old / "manifest.json").write_text("{not json", encoding="utf-8")
     assert not is_current_artifact(old)
+
+
+def test_the_cpu_of_a_service_counts_its_worker_processes() -> None:
+    """A service with workers is a supervisor and its children: both are found and their CPU summed."""
+    import subprocess
+    import time
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\ntime.sleep(30)"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys, time\n"
+            f"subprocess.Popen([sys.executable, '-c', {burn!r}])\ntime.sleep(30)",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while len(process_tree(parent.pid)) < 2 or cpu_seconds(parent.pid) < 0.3:
+            assert time.monotonic() < deadline, process_tree(parent.pid)
+            time.sleep(0.05)
+        child = process_tree(parent.pid)[1]
+        assert cpu_seconds(parent.pid) >= cpu_seconds(child) >= 0.25
+    finally:
+        for pid in process_tree(parent.pid)[1:]:
+            subprocess.run(["kill", str(pid)], check=False)
+        parent.kill()
+        parent.wait()

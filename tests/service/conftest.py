@@ -45,7 +45,12 @@ def make_settings(
     tiny_artifact: Path, store_kind: str, request: pytest.FixtureRequest
 ) -> Callable[..., Settings]:
     """Settings for the tiny artifact and the parametrized store (a fresh Redis key prefix per test)."""
-    base: dict[str, Any] = {"artifact": tiny_artifact, "device": "cpu", "max_wait_ms": 2.0}
+    base: dict[str, Any] = {
+        "artifact": tiny_artifact,
+        "device": "cpu",
+        "max_wait_ms": 2.0,
+        "precision": "fp32",
+    }
     if store_kind == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
         base |= {"redis_url": server.url, "redis_prefix": f"test-{uuid.uuid4().hex[:12]}:"}

@@ -209,7 +209,8 @@ class ServiceProcess:
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         clean = {k: v for k, v in os.environ.items() if not k.startswith("LD4MREC_")}
-        self.env = clean | {"LD4MREC_DEVICE": "cpu", "LD4MREC_TORCH_THREADS": "1"} | (env or {})
+        pinned = {"LD4MREC_DEVICE": "cpu", "LD4MREC_TORCH_THREADS": "1", "LD4MREC_WORKERS": "1"}
+        self.env = clean | pinned | {"LD4MREC_PRECISION": "fp32"} | (env or {})
         self.args = [
             sys.executable,
             "-m",

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import cast
+
+from fastapi import FastAPI
 
 from service.settings import Settings
 from tests.service.helpers import Offline, RedisServer, running_client
@@ -27,6 +30,10 @@ def test_reads_fall_back_writes_refuse_and_the_service_recovers(
         assert client.post(f"/users/{user}/interactions", json={"item_ids": [new_item]}).status_code == 200
         assert client.post("/users/only-in-redis/interactions", json={"item_ids": ["1"]}).status_code == 200
         assert client.get(f"/recommend/{user}").json()["history_source"] == "redis"
+        deadline = time.monotonic() + 10  # its fold-in is cached in the background, after the answer
+        while cast(FastAPI, client.app).state.recommender.pending_writes:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
 
         own_redis.stop()  # -- Redis is gone ------------------------------------------------------------
         read = client.get(f"/recommend/{user}?k=20")

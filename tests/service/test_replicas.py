@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.service.helpers import (
     Offline,
@@ -31,6 +33,23 @@ class Replicas:
     a: ServiceProcess
     b: ServiceProcess
     root: Path
+    redis_url: str
+    prefix: str
+
+    def wait_foldin_cached(self, user: str, model_version: str, timeout_s: float = 10.0) -> None:
+        """Until the user's fold-in for their current history version is in Redis (a read caches it in
+        the background, after its answer)."""
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                version, key = client.hmget(f"{self.prefix}user:{user}", ["version", "foldin_key"])
+                if version is not None and key == f"{model_version}:{int(version)}".encode():
+                    return
+                assert time.monotonic() < deadline, "the fold-in was never cached"
+                time.sleep(0.01)
+        finally:
+            client.close()
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +61,10 @@ def replicas(
     copy_artifact(tiny_artifact, root / "v1")
     copy_artifact(tiny_artifact, root / "v2", model_version="tiny-v2")
     copy_artifact(tiny_artifact, root / "broken", flip_byte_of="user_states.npy")
+    prefix = f"replicas-{uuid.uuid4().hex[:12]}:"
     env = {
         "LD4MREC_REDIS_URL": redis_server.url,
-        "LD4MREC_REDIS_PREFIX": f"replicas-{uuid.uuid4().hex[:12]}:",
+        "LD4MREC_REDIS_PREFIX": prefix,
         "LD4MREC_ARTIFACT_ROOT": str(root),
         "LD4MREC_MAX_WAIT_MS": "1",
     }
@@ -55,7 +75,7 @@ def replicas(
             replica.start(wait=False)
         for replica in (a, b):
             wait_http_ready(replica.base, lambda r=replica: r.proc is not None and r.proc.poll() is None, 120)
-        yield Replicas(a, b, root)
+        yield Replicas(a, b, root, redis_server.url, prefix)
     finally:
         a.stop()
         b.stop()
@@ -123,7 +143,8 @@ def test_concurrent_writes_through_both_replicas_lose_nothing(replicas: Replicas
 def test_the_fold_in_cache_is_shared(replicas: Replicas, offline: Offline) -> None:
     user = offline.art.user_ids[23]
     click(replicas.a, user, [offline.art.item_ids[0], offline.art.item_ids[1]])
-    recommend(replicas.a, user)  # computes the fold-in and caches it in Redis
+    version = recommend(replicas.a, user)["model_version"]  # computes the fold-in and caches it in Redis
+    replicas.wait_foldin_cached(user, version)
     hits, misses = (counter(replicas.b, f"ld4mrec_foldin_cache_{k}_total") for k in ("hits", "misses"))
     recommend(replicas.b, user)
     assert counter(replicas.b, "ld4mrec_foldin_cache_hits_total") == hits + 1
@@ -158,6 +179,7 @@ def test_a_reload_on_one_replica_leaves_the_other_serving(replicas: Replicas, of
     click(replicas.b, user, clicked)
     misses = counter(replicas.a, "ld4mrec_foldin_cache_misses_total")
     recommend(replicas.b, user)  # B caches its v1 fold-in
+    replicas.wait_foldin_cached(user, v1)
     answer = recommend(replicas.a, user)
     assert answer["model_version"] == "tiny-v2" and answer["history_source"] == "redis"
     assert counter(replicas.a, "ld4mrec_foldin_cache_misses_total") == misses + 1

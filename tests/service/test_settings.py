@@ -21,13 +21,15 @@ def test_defaults_are_the_embedded_demo_setup(monkeypatch: pytest.MonkeyPatch) -
         "MAX_WAIT_MS",
         "MAX_K",
         "API_KEY",
+        "WORKERS",
     ):
         monkeypatch.delenv(f"LD4MREC_{name}", raising=False)
     settings = Settings()
     assert settings.artifact == Path("artifacts/demo")
     assert settings.redis_url is None  # in-process history store
     assert settings.device == "auto"
-    assert settings.precision == "fp32"
+    assert settings.precision == "auto"  # bf16 where native and measured to keep the ranking, else fp32
+    assert settings.workers == 0 and settings.worker_count == 1  # one per CPU, 1 without Redis
     assert settings.api_key is None
     assert settings.max_batch >= 1 and settings.max_wait_ms >= 0 and settings.max_k >= 20
 
@@ -97,7 +99,7 @@ def test_a_blank_api_key_means_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().api_key is None
 
 
-@pytest.mark.parametrize("value", ["int4", "fp16", "bf16", ""])
+@pytest.mark.parametrize("value", ["int4", "fp16", "bfloat16", ""])
 def test_an_unknown_precision_is_refused_by_the_settings(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     monkeypatch.setenv("LD4MREC_PRECISION", value)
     with pytest.raises(ValidationError, match="precision"):
