@@ -35,8 +35,10 @@ def test_two_tiny_catalogues(tmp_path: Path) -> None:
     rows = {(r["model"], r["precision"], r["items"]): r for r in payload["rows"]}
     assert set(rows) == {
         ("ld4mrec", "fp32", 1500),
+        ("ld4mrec", "bf16", 1500),
         ("ld4mrec", "int8", 1500),
         ("ld4mrec", "fp32", 4000),
+        ("ld4mrec", "bf16", 4000),
         ("ld4mrec", "int8", 4000),
         ("ease", "fp32", 1500),
         ("ease", "fp32", 4000),
