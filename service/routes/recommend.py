@@ -72,7 +72,8 @@ def plain_options(query_string: bytes) -> RankOptions | None:
             return None
         seen.add(name)
         if name == "k":
-            if not (value.isascii() and value.isdigit()) or int(value) < 1:
+            # at most 9 digits: int() of a longer string may be refused (Python's 4300-digit limit)
+            if not (value.isascii() and value.isdigit() and len(value) <= 9) or int(value) < 1:
                 return None
             k = int(value)
         elif name == "exclude_seen":

@@ -133,6 +133,20 @@ INVALID: list[tuple[str, str, Any, dict[str, str]]] = [
 ]
 
 
+def test_an_absurd_k_is_a_short_422_on_the_fast_read_path(
+    make_settings: Callable[..., Settings], offline: Offline
+) -> None:
+    user = offline.art.user_ids[0]
+    with running_client(make_settings()) as client:
+        for k in ("9" * 5000, "1" + "0" * 20, "00000000005"):
+            response = client.get(f"/recommend/{user}?k={k}")
+            if k == "00000000005":  # many digits, a valid value: answered the FastAPI way
+                assert response.status_code == 200 and len(response.json()["items"]) == 5
+                continue
+            assert response.status_code == 422, (len(k), response.status_code)
+            assert len(response.content) < 2000  # the 5000-digit value is not echoed back
+
+
 def test_a_flood_of_invalid_requests_never_reaches_the_model_or_the_store(
     make_settings: Callable[..., Settings], offline: Offline
 ) -> None:
