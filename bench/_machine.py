@@ -37,6 +37,12 @@ def _memory_gib() -> float | None:
     return None
 
 
+def load_start_mean_max(machine: dict[str, Any], loads: list[float]) -> list[float | None]:
+    """[1-min load average at the start, mean and max of the per-step readings ``loads``] for a headline."""
+    mean = round(sum(loads) / len(loads), 2) if loads else None
+    return [machine["loadavg_1_5_15_at_start"][0], mean, max(loads, default=None)]
+
+
 def loadavg() -> list[float]:
     """The 1, 5 and 15 minute load averages, rounded."""
     return [round(x, 2) for x in os.getloadavg()]

@@ -90,7 +90,7 @@ import numpy as np
 import torch
 
 from _loadgen import Mix, RequestFactory, run_step, summarise
-from _machine import display_path, loadavg, machine_info, write_json
+from _machine import display_path, load_start_mean_max, loadavg, machine_info, write_json
 from _profile import start_profiler, summarise_profile
 from _serve_stack import (
     ManagedProcess,
@@ -1057,11 +1057,7 @@ def main(argv: Sequence[str] | None = None, log: Log = print) -> dict[str, Any]:
         "n_items": art.n_items,
         "mode": "quick" if args.quick else "full",
         "workers": args.workers if args.workers is not None else "default (one per usable CPU)",
-        "loadavg_1m_start_mean_max": [
-            machine["loadavg_1_5_15_at_start"][0],
-            round(float(np.mean(loads)), 2) if loads else None,
-            max(loads, default=None),
-        ],
+        "loadavg_1m_start_mean_max": load_start_mean_max(machine, loads),
         "json": display_path(out),
     }
     if choice.note:

@@ -75,7 +75,7 @@ import numpy as np
 import torch
 
 from _loadgen import Request, run_step, summarise
-from _machine import display_path, loadavg, machine_info, write_json
+from _machine import display_path, load_start_mean_max, loadavg, machine_info, write_json
 from _proctree import process_tree, tree_cpu_seconds, tree_pss_mib
 from _profile import start_profiler, summarise_profile
 from _serve_stack import free_port, start_redis, start_service
@@ -837,11 +837,7 @@ def main(argv: Sequence[str] | None = None, log: Log = print) -> dict[str, Any]:
         "mode": "quick" if args.quick else "full",
         "artifact": choice.origin,
         "n_items": n_items,
-        "loadavg_1m_start_mean_max": [
-            machine["loadavg_1_5_15_at_start"][0],
-            round(float(np.mean(loads)), 2) if loads else None,
-            max(loads, default=None),
-        ],
+        "loadavg_1m_start_mean_max": load_start_mean_max(machine, loads),
         "json": display_path(out),
     }
     if choice.note:
